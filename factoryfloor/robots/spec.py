@@ -1,0 +1,175 @@
+"""Robot descriptions shared by the simulator and the edge runtime.
+
+Pure data and NumPy: this module must never import pybullet, zmq or torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CONTROL_MODES = ("ee", "joints")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JointLimit:
+    """Limits of one joint.
+
+    Attributes:
+        lower: Lower position limit (rad for revolute, m for prismatic).
+        upper: Upper position limit (rad or m).
+        velocity: Maximum speed (rad/s or m/s).
+        effort: Maximum torque or force (N m or N).
+    """
+
+    lower: float
+    upper: float
+    velocity: float
+    effort: float
+
+    def __post_init__(self) -> None:
+        if not self.lower < self.upper:
+            raise ValueError(f"joint limit lower={self.lower} must be < upper={self.upper}")
+        if self.velocity <= 0 or self.effort <= 0:
+            raise ValueError("joint velocity and effort limits must be positive")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GripperSpec:
+    """A parallel gripper driven by one command mapped to several (mimic) joints.
+
+    The command is an opening in [0, 1] (0 closed, 1 open); each joint's target is
+    ``closed + command * (open - closed)`` scaled by its multiplier.
+
+    Attributes:
+        joints: Names of the gripper joints driven together.
+        multipliers: One factor per joint (mimic multiplier of the URDF).
+        open_position: Drive position when fully open (m or rad).
+        closed_position: Drive position when fully closed (m or rad).
+        force: Motor force or torque per joint (N or N m).
+        finger_links: Names of the links that touch the part (for friction settings).
+    """
+
+    joints: tuple[str, ...]
+    multipliers: tuple[float, ...]
+    open_position: float
+    closed_position: float
+    force: float
+    finger_links: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.joints) != len(self.multipliers):
+            raise ValueError("GripperSpec needs one multiplier per joint")
+        if not self.joints:
+            raise ValueError("GripperSpec needs at least one joint")
+
+    def targets(self, opening: float) -> np.ndarray:
+        """Joint targets for an opening in [0, 1]; returns shape (len(joints),)."""
+        opening = float(np.clip(opening, 0.0, 1.0))
+        drive = self.closed_position + opening * (self.open_position - self.closed_position)
+        return drive * np.asarray(self.multipliers, dtype=np.float64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RobotSpec:
+    """Declarative description of an arm with a gripper.
+
+    Attributes:
+        name: Registry name, e.g. ``"panda"``.
+        urdf: URDF path relative to ``data_root`` (``"pybullet_data"`` or ``"factoryfloor"``).
+        data_root: Where the URDF lives: ``"pybullet_data"`` or ``"factoryfloor"`` (our assets).
+        arm_joints: Names of the actuated arm joints, base to tip.
+        ee_link: Name of the link the tool is attached to.
+        tcp_offset_m: Tool centre point (between the fingertips) in the ``ee_link`` frame (m).
+        gripper: The gripper description.
+        limits: Per arm joint limits, same order as ``arm_joints``.
+        home: Home configuration of the arm joints (rad), shape (n_arm,).
+        ee_down_quaternion: TCP orientation (x, y, z, w) in the world frame that points the
+            gripper straight down, used by end-effector control.
+        control_modes: Supported control modes; a subset of ``CONTROL_MODES``.
+        max_ee_step_m: Largest TCP displacement per control step under "ee" control (m).
+        max_joint_step_rad: Largest joint displacement per control step under "joints" (rad).
+        base_position: Mounting position of the base in the world frame (m).
+        link_colors: Optional RGBA per link name for low-poly rendering.
+    """
+
+    name: str
+    urdf: str
+    data_root: str
+    arm_joints: tuple[str, ...]
+    ee_link: str
+    tcp_offset_m: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    gripper: GripperSpec
+    limits: tuple[JointLimit, ...]
+    home: tuple[float, ...]
+    ee_down_quaternion: tuple[float, float, float, float]
+    control_modes: tuple[str, ...] = CONTROL_MODES
+    max_ee_step_m: float = 0.05
+    max_joint_step_rad: float = 0.1
+    base_position: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    link_colors: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.arm_joints)
+        if len(self.limits) != n or len(self.home) != n:
+            raise ValueError(
+                f"{self.name}: arm_joints, limits and home must have the same length "
+                f"(got {n}, {len(self.limits)}, {len(self.home)})"
+            )
+        for joint, q, lim in zip(self.arm_joints, self.home, self.limits, strict=True):
+            if not lim.lower <= q <= lim.upper:
+                raise ValueError(f"{self.name}: home of {joint}={q} outside [{lim.lower}, {lim.upper}]")
+        unknown = set(self.control_modes) - set(CONTROL_MODES)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown control modes {sorted(unknown)}; use {CONTROL_MODES}")
+        if self.data_root not in ("pybullet_data", "factoryfloor"):
+            raise ValueError("data_root must be 'pybullet_data' or 'factoryfloor'")
+
+    @property
+    def n_arm(self) -> int:
+        """Number of actuated arm joints."""
+        return len(self.arm_joints)
+
+    @property
+    def lower(self) -> np.ndarray:
+        """Lower position limits of the arm joints, shape (n_arm,)."""
+        return np.array([lim.lower for lim in self.limits])
+
+    @property
+    def upper(self) -> np.ndarray:
+        """Upper position limits of the arm joints, shape (n_arm,)."""
+        return np.array([lim.upper for lim in self.limits])
+
+
+_REGISTRY: dict[str, Callable[[], RobotSpec]] = {}
+
+
+def register_robot(name: str) -> Callable[[Callable[[], RobotSpec]], Callable[[], RobotSpec]]:
+    """Decorator registering a zero-argument factory returning a RobotSpec under ``name``."""
+
+    def wrap(factory: Callable[[], RobotSpec]) -> Callable[[], RobotSpec]:
+        if name in _REGISTRY:
+            raise ValueError(f"robot {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def get_robot_spec(name: str) -> RobotSpec:
+    """Return the RobotSpec registered under ``name``.
+
+    Raises:
+        KeyError: With the list of known robots when ``name`` is not registered.
+    """
+    try:
+        return _REGISTRY[name]()
+    except KeyError:
+        raise KeyError(f"unknown robot {name!r}; known robots: {sorted(_REGISTRY)}") from None
+
+
+def robot_names() -> list[str]:
+    """Names of all registered robots, sorted."""
+    return sorted(_REGISTRY)

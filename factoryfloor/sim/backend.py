@@ -1,0 +1,349 @@
+"""The pybullet facade: the only module of factoryfloor that imports pybullet.
+
+One ``PyBullet`` instance owns one ``BulletClient`` (so two envs never share a world) and keeps a
+name -> body id map, so callers say ``sim.get_base_position("part")`` and never handle raw ids.
+
+Conventions: positions (x, y, z) in m in the world frame; quaternions (x, y, z, w); linear
+velocities in m/s; joint positions in rad (revolute) or m (prismatic).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pybullet as pb
+from pybullet_utils.bullet_client import BulletClient
+
+_MODES = {"direct": pb.DIRECT, "gui": pb.GUI}
+_SHAPES = {"box": pb.GEOM_BOX, "cylinder": pb.GEOM_CYLINDER, "sphere": pb.GEOM_SPHERE}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhysicsConfig:
+    """Physics settings.
+
+    Attributes:
+        timestep_s: Physics step (s).
+        substeps: Physics steps per control step; control rate = 1 / (timestep_s * substeps).
+        solver_iterations: Constraint solver iterations per physics step.
+        gravity_m_s2: Gravity along -z (m/s^2).
+    """
+
+    timestep_s: float = 1.0 / 240.0
+    substeps: int = 10
+    solver_iterations: int = 10
+    gravity_m_s2: float = 9.81
+
+    def __post_init__(self) -> None:
+        if self.timestep_s <= 0 or self.substeps < 1 or self.solver_iterations < 1:
+            raise ValueError("timestep_s > 0, substeps >= 1 and solver_iterations >= 1 are required")
+
+    @property
+    def control_dt_s(self) -> float:
+        """Duration of one control step (s)."""
+        return self.timestep_s * self.substeps
+
+
+class PyBullet:
+    """A pybullet world addressed by body names.
+
+    Args:
+        mode: "direct" (headless, default) or "gui" (opens pybullet's window).
+        physics: Physics settings.
+    """
+
+    def __init__(self, mode: str = "direct", physics: PhysicsConfig | None = None) -> None:
+        if mode not in _MODES:
+            raise ValueError(f"unknown pybullet mode {mode!r}; use one of {sorted(_MODES)}")
+        if mode == "gui" and not has_display():
+            raise RuntimeError(
+                "pybullet's GUI needs a display but none was found (DISPLAY is unset); "
+                "run headless with render_mode='rgb_array' or mode 'direct', or start a display (Xvfb)"
+            )
+        self.mode = mode
+        self.physics = physics or PhysicsConfig()
+        self.client = BulletClient(connection_mode=_MODES[mode])
+        self._bodies: dict[str, int] = {}
+        self._joints: dict[int, dict[str, int]] = {}
+        self._links: dict[int, dict[str, int]] = {}
+        self._closed = False
+        if mode == "gui":
+            self.client.configureDebugVisualizer(pb.COV_ENABLE_GUI, 0)
+        self.client.setTimeStep(self.physics.timestep_s)
+        self.client.setGravity(0.0, 0.0, -self.physics.gravity_m_s2)
+        self.client.setPhysicsEngineParameter(
+            numSolverIterations=self.physics.solver_iterations, deterministicOverlappingPairs=1
+        )
+
+    # ----------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Disconnect; safe to call more than once."""
+        if not self._closed:
+            self._closed = True
+            self.client.disconnect()
+
+    def step(self) -> None:
+        """Advance one control step (``physics.substeps`` physics steps)."""
+        step = self.client.stepSimulation
+        for _ in range(self.physics.substeps):
+            step()
+
+    def save_state(self) -> int:
+        """Snapshot positions, velocities and contacts in memory; returns a state id."""
+        return int(self.client.saveState())
+
+    def restore_state(self, state_id: int) -> None:
+        """Return to a snapshot taken by ``save_state``.
+
+        A collision pass follows, which drops contact caches of body pairs that no longer
+        touch; without it a cache from before the restore can change the next steps slightly.
+        """
+        self.client.restoreState(stateId=state_id)
+        self.client.performCollisionDetection()
+
+    def remove_state(self, state_id: int) -> None:
+        """Free a snapshot."""
+        self.client.removeState(state_id)
+
+    # ----------------------------------------------------------------- bodies
+    def body_id(self, name: str) -> int:
+        """Pybullet id of the body called ``name``."""
+        try:
+            return self._bodies[name]
+        except KeyError:
+            raise KeyError(f"no body named {name!r}; bodies: {sorted(self._bodies)}") from None
+
+    def has_body(self, name: str) -> bool:
+        """Whether a body called ``name`` exists."""
+        return name in self._bodies
+
+    def _register(self, name: str, body: int) -> int:
+        if name in self._bodies:
+            raise ValueError(f"a body named {name!r} exists already")
+        self._bodies[name] = body
+        joints: dict[str, int] = {}
+        links: dict[str, int] = {self.client.getBodyInfo(body)[0].decode(): -1}
+        for j in range(self.client.getNumJoints(body)):
+            info = self.client.getJointInfo(body, j)
+            joints[info[1].decode()] = j
+            links[info[12].decode()] = j
+        self._joints[body], self._links[body] = joints, links
+        return body
+
+    def load_urdf(
+        self,
+        name: str,
+        path: Path,
+        position: np.ndarray | tuple[float, ...] = (0.0, 0.0, 0.0),
+        orientation: tuple[float, ...] = (0.0, 0.0, 0.0, 1.0),
+        fixed: bool = False,
+        scale: float = 1.0,
+    ) -> int:
+        """Load a URDF as body ``name``; position in m, orientation (x, y, z, w)."""
+        body = self.client.loadURDF(
+            str(path),
+            basePosition=list(position),
+            baseOrientation=list(orientation),
+            useFixedBase=fixed,
+            globalScaling=scale,
+            flags=pb.URDF_ENABLE_CACHED_GRAPHICS_SHAPES,
+        )
+        return self._register(name, body)
+
+    def create_shape(
+        self,
+        name: str,
+        shape: str,
+        size: tuple[float, ...],
+        position: np.ndarray | tuple[float, ...],
+        mass: float = 0.0,
+        rgba: tuple[float, float, float, float] = (0.7, 0.7, 0.7, 1.0),
+        collide: bool = True,
+    ) -> int:
+        """Create a primitive body.
+
+        Args:
+            name: Body name.
+            shape: "box" (size = half extents x, y, z), "cylinder" (radius, height) or
+                "sphere" (radius,); m.
+            position: Centre (m).
+            mass: kg; 0 makes the body static.
+            rgba: Colour.
+            collide: False makes a visual-only marker (for goals).
+        """
+        kind = _SHAPES[shape]
+        kwargs = _shape_kwargs(shape, size)
+        visual = self.client.createVisualShape(kind, rgbaColor=list(rgba), **kwargs)
+        collision = self.client.createCollisionShape(kind, **_collision_kwargs(shape, size)) if collide else -1
+        body = self.client.createMultiBody(mass, collision, visual, list(position))
+        return self._register(name, body)
+
+    def get_base_position(self, name: str) -> np.ndarray:
+        """Base position (m), shape (3,)."""
+        return np.asarray(self.client.getBasePositionAndOrientation(self._bodies[name])[0])
+
+    def get_base_orientation(self, name: str) -> np.ndarray:
+        """Base orientation quaternion (x, y, z, w), shape (4,)."""
+        return np.asarray(self.client.getBasePositionAndOrientation(self._bodies[name])[1])
+
+    def get_base_velocity(self, name: str) -> np.ndarray:
+        """Base linear velocity (m/s), shape (3,)."""
+        return np.asarray(self.client.getBaseVelocity(self._bodies[name])[0])
+
+    def set_base_pose(
+        self, name: str, position: np.ndarray, orientation: np.ndarray | tuple[float, ...] = (0, 0, 0, 1)
+    ) -> None:
+        """Teleport a body (only for resets) and zero its velocity."""
+        body = self._bodies[name]
+        self.client.resetBasePositionAndOrientation(body, list(position), list(orientation))
+        self.client.resetBaseVelocity(body, [0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
+
+    def set_base_velocity(self, name: str, linear_m_s: np.ndarray) -> None:
+        """Set a body's linear velocity (m/s, world) and zero its angular velocity."""
+        self.client.resetBaseVelocity(self._bodies[name], list(linear_m_s), [0.0, 0.0, 0.0])
+
+    def set_dynamics(self, name: str, link: str | None = None, **kwargs: float) -> None:
+        """Change dynamics (``mass``, ``lateralFriction``, ...) of a body's base or named link."""
+        body = self._bodies[name]
+        self.client.changeDynamics(body, self.link_index(name, link) if link else -1, **kwargs)
+
+    def set_color(self, name: str, rgba: tuple[float, ...], link: str | None = None) -> None:
+        """Colour a body's base or named link."""
+        body = self._bodies[name]
+        self.client.changeVisualShape(body, self.link_index(name, link) if link else -1, rgbaColor=list(rgba))
+
+    def contact_count(self, a: str, b: str) -> int:
+        """Number of contact points between two bodies after the last step."""
+        return len(self.client.getContactPoints(self._bodies[a], self._bodies[b]))
+
+    # ----------------------------------------------------------------- joints and links
+    def joint_index(self, name: str, joint: str) -> int:
+        """Index of a joint of body ``name``, resolved by joint name."""
+        try:
+            return self._joints[self._bodies[name]][joint]
+        except KeyError:
+            known = sorted(self._joints[self._bodies[name]])
+            raise KeyError(f"body {name!r} has no joint {joint!r}; joints: {known}") from None
+
+    def link_index(self, name: str, link: str) -> int:
+        """Index of a link of body ``name`` (-1 for the base), resolved by link name."""
+        try:
+            return self._links[self._bodies[name]][link]
+        except KeyError:
+            known = sorted(self._links[self._bodies[name]])
+            raise KeyError(f"body {name!r} has no link {link!r}; links: {known}") from None
+
+    def link_names(self, name: str) -> list[str]:
+        """Names of all links of a body (base first)."""
+        return list(self._links[self._bodies[name]])
+
+    def get_joint_states(self, name: str, joints: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Positions and velocities of joints (rad or m; rad/s or m/s), each shape (n,)."""
+        states = self.client.getJointStates(self._bodies[name], joints)
+        return np.array([s[0] for s in states]), np.array([s[1] for s in states])
+
+    def reset_joints(self, name: str, joints: list[int], positions: np.ndarray) -> None:
+        """Teleport joints to positions with zero velocity (only for resets)."""
+        body = self._bodies[name]
+        for j, q in zip(joints, positions, strict=True):
+            self.client.resetJointState(body, j, float(q), 0.0)
+
+    def control_joints(
+        self, name: str, joints: list[int], targets: np.ndarray, forces: np.ndarray
+    ) -> None:
+        """Position-control joints towards targets with maximum forces (N m or N)."""
+        self.client.setJointMotorControlArray(
+            self._bodies[name], joints, pb.POSITION_CONTROL, targetPositions=targets, forces=forces
+        )
+
+    def control_velocity(self, name: str, joint: int, velocity: float, force: float) -> None:
+        """Velocity-control one joint (rad/s or m/s) with a maximum force (N m or N)."""
+        self.client.setJointMotorControl2(
+            self._bodies[name], joint, pb.VELOCITY_CONTROL, targetVelocity=velocity, force=force
+        )
+
+    def set_joint_state(self, name: str, joint: int, position: float, velocity: float) -> None:
+        """Teleport one joint to a position (rad or m) and velocity (rad/s or m/s)."""
+        self.client.resetJointState(self._bodies[name], joint, position, velocity)
+
+    def reset_joint_keep_velocity(self, name: str, joint: int, position: float) -> None:
+        """Move a joint to ``position`` while keeping its current velocity."""
+        body = self._bodies[name]
+        velocity = self.client.getJointState(body, joint)[1]
+        self.client.resetJointState(body, joint, position, velocity)
+
+    def get_link_pose_velocity(self, name: str, link: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """World position (m), orientation (x, y, z, w) and linear velocity (m/s) of a link."""
+        state = self.client.getLinkState(self._bodies[name], link, computeLinkVelocity=1)
+        return np.asarray(state[4]), np.asarray(state[5]), np.asarray(state[6])
+
+    def inverse_kinematics(
+        self, name: str, link: int, position: np.ndarray, orientation: np.ndarray, iterations: int
+    ) -> np.ndarray:
+        """Joint positions of all movable joints that bring ``link`` to the target pose."""
+        return np.asarray(
+            self.client.calculateInverseKinematics(
+                self._bodies[name], link, list(position), list(orientation), maxNumIterations=iterations
+            )
+        )
+
+    def transform_point(
+        self, position: np.ndarray, orientation: np.ndarray, offset: tuple[float, float, float]
+    ) -> np.ndarray:
+        """World coordinates of ``offset`` given in a frame at (position, orientation)."""
+        return np.asarray(self.client.multiplyTransforms(position, orientation, offset, (0, 0, 0, 1))[0])
+
+    # ----------------------------------------------------------------- camera
+    def render(
+        self, width: int, height: int, view: list[float], projection: list[float], depth: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Render with TinyRenderer (CPU, no display needed).
+
+        Returns:
+            RGB uint8 of shape (height, width, 3) and, when ``depth``, the OpenGL depth buffer
+            in [0, 1] of shape (height, width) (float32), else None.
+        """
+        _, _, rgba, zbuf, _ = self.client.getCameraImage(
+            width,
+            height,
+            view,
+            projection,
+            shadow=0,
+            renderer=pb.ER_TINY_RENDERER,
+            flags=pb.ER_NO_SEGMENTATION_MASK,
+        )
+        rgb = np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)[:, :, :3]
+        zb = np.asarray(zbuf, dtype=np.float32).reshape(height, width) if depth else None
+        return rgb, zb
+
+    def view_matrix(self, eye: np.ndarray, target: np.ndarray, up: tuple[float, float, float]) -> list[float]:
+        """OpenGL view matrix (column-major, 16 floats) looking from ``eye`` at ``target`` (m)."""
+        return list(self.client.computeViewMatrix(list(eye), list(target), list(up)))
+
+    def projection_matrix(self, fov_deg: float, aspect: float, near_m: float, far_m: float) -> list[float]:
+        """OpenGL projection matrix (16 floats) for a vertical field of view in degrees."""
+        return list(self.client.computeProjectionMatrixFOV(fov_deg, aspect, near_m, far_m))
+
+
+def has_display() -> bool:
+    """Whether a window can be opened (an X display on Linux; assumed elsewhere)."""
+    return not sys.platform.startswith("linux") or bool(os.environ.get("DISPLAY"))
+
+
+def _shape_kwargs(shape: str, size: tuple[float, ...]) -> dict[str, object]:
+    if shape == "box":
+        return {"halfExtents": list(size)}
+    if shape == "cylinder":
+        return {"radius": size[0], "length": size[1]}
+    return {"radius": size[0]}
+
+
+def _collision_kwargs(shape: str, size: tuple[float, ...]) -> dict[str, object]:
+    kwargs = _shape_kwargs(shape, size)
+    if shape == "cylinder":
+        return {"radius": size[0], "height": size[1]}
+    return kwargs

@@ -1,0 +1,177 @@
+"""FactoryEnv: a Gymnasium env composed of the pybullet facade, an arm and a task."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.utils import EzPickle
+
+from factoryfloor.robots import get_robot_spec
+from factoryfloor.sim import tasks as _tasks  # noqa: F401  (registers the task classes)
+from factoryfloor.sim.backend import PhysicsConfig, PyBullet
+from factoryfloor.sim.camera import Camera, CameraConfig
+from factoryfloor.sim.robot import Arm
+from factoryfloor.sim.tasks.base import RobotHooks, get_task_class
+
+OBS_MODES = {"state": None, "rgb": 3, "rgbd": 4}  # obs mode -> image channels
+RENDER_SIZE = (480, 360)  # (width, height) of render() frames
+
+
+@dataclass
+class EnvState:
+    """A snapshot taken by ``FactoryEnv.save_state`` (valid within the same env)."""
+
+    bullet_state: int
+    task_state: dict[str, Any]
+    q_target: np.ndarray
+    rng_state: dict[str, Any]
+
+
+class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
+    """A robot arm doing a task in the factory cell.
+
+    Args:
+        task: Registered task name ("reach", "pick_place", "conveyor_pick").
+        robot: Registered robot name ("panda", "xarm6").
+        control: "ee" (TCP deltas through IK) or "joints" (joint deltas).
+        reward: "sparse" or "dense".
+        obs_mode: "state", "rgb" or "rgbd" (adds an ``image`` key from the cell camera).
+        image_size: Side of the square camera observation (pixels).
+        randomize: Domain randomisation of physics and camera (see ``Randomization``).
+        render_mode: None, "rgb_array" (480x360 frames) or "human" (pybullet's window).
+        physics: Physics settings (timestep, substeps, solver iterations).
+    """
+
+    metadata: dict[str, Any] = {"render_modes": ["human", "rgb_array"], "render_fps": 24}  # noqa: RUF012
+
+    def __init__(
+        self,
+        task: str = "reach",
+        robot: str = "panda",
+        control: str = "ee",
+        reward: str = "sparse",
+        obs_mode: str = "state",
+        image_size: int = 84,
+        randomize: bool = False,
+        render_mode: str | None = None,
+        physics: PhysicsConfig | None = None,
+    ) -> None:
+        EzPickle.__init__(self, task, robot, control, reward, obs_mode, image_size, randomize, render_mode, physics)
+        _check_choice("obs_mode", obs_mode, OBS_MODES)
+        _check_choice("render_mode", render_mode, [None, *self.metadata["render_modes"]])
+        self.obs_mode, self.image_size, self.render_mode = obs_mode, image_size, render_mode
+        self.sim = PyBullet("gui" if render_mode == "human" else "direct", physics)
+        task_cls = get_task_class(task)
+        self.robot = Arm(
+            self.sim,
+            get_robot_spec(robot),
+            control,
+            np.asarray(task_cls.workspace_low),
+            np.asarray(task_cls.workspace_high),
+            lowpoly=obs_mode != "state",
+        )
+        self.task = task_cls(self.sim, RobotHooks(self.robot.tcp_position, self.robot.gripper_opening), reward, randomize)
+        self.camera = Camera(self.sim, CameraConfig())
+        self.action_space = self.robot.action_space
+        self.observation_space = self._make_observation_space()
+        self.metadata = {**self.metadata, "render_fps": round(1.0 / self.sim.physics.control_dt_s)}
+        self._last_frame_time = 0.0
+        # Restored at each reset so that no contact cache survives from an earlier episode.
+        self._initial_state = self.sim.save_state()
+
+    def _make_observation_space(self) -> spaces.Dict:
+        n = self.robot.obs_size + self.task.obs_size
+        box = {
+            "observation": spaces.Box(-np.inf, np.inf, shape=(n,), dtype=np.float32),
+            "achieved_goal": spaces.Box(-np.inf, np.inf, shape=(3,), dtype=np.float32),
+            "desired_goal": spaces.Box(-np.inf, np.inf, shape=(3,), dtype=np.float32),
+        }
+        channels = OBS_MODES[self.obs_mode]
+        if channels:
+            box["image"] = spaces.Box(0, 255, shape=(self.image_size, self.image_size, channels), dtype=np.uint8)
+        return spaces.Dict(box)
+
+    def _get_obs(self) -> dict[str, np.ndarray]:
+        obs = {
+            "observation": np.concatenate([self.robot.get_obs(), self.task.get_obs()]).astype(np.float32),
+            "achieved_goal": self.task.achieved_goal().astype(np.float32),
+            "desired_goal": self.task.desired_goal().astype(np.float32),
+        }
+        if self.obs_mode == "rgb":
+            obs["image"] = self.camera.rgb(self.image_size, self.image_size)
+        elif self.obs_mode == "rgbd":
+            obs["image"] = self.camera.rgbd(self.image_size, self.image_size)
+        return obs
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Start an episode; ``seed`` seeds every random draw of the env."""
+        super().reset(seed=seed)
+        self.sim.restore_state(self._initial_state)
+        self.robot.reset()
+        self.task.reset(self.np_random)
+        jitter = self.task.ranges.camera_jitter_m if self.task.randomize else 0.0
+        self.camera.reset(self.np_random, jitter)
+        obs = self._get_obs()
+        return obs, {"is_success": bool(self.task.is_success(obs["achieved_goal"], obs["desired_goal"]))}
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Apply an action for one control step; terminates on success."""
+        action = np.asarray(action)
+        if action.shape != self.action_space.shape:
+            raise ValueError(f"action must have shape {self.action_space.shape}, got {action.shape}")
+        self.robot.set_action(action)
+        self.sim.step()
+        self.task.after_step()
+        obs = self._get_obs()
+        success = bool(self.task.is_success(obs["achieved_goal"], obs["desired_goal"]))
+        reward = float(self.task.compute_reward(obs["achieved_goal"], obs["desired_goal"]))
+        if self.render_mode == "human":
+            self.render()
+        return obs, reward, success, False, {"is_success": success}
+
+    def compute_reward(self, achieved_goal: np.ndarray, desired_goal: np.ndarray, info: Any) -> np.ndarray:
+        """Vectorised reward for HER; shapes (..., 3) -> (...)."""
+        return self.task.compute_reward(achieved_goal, desired_goal, info)
+
+    def render(self) -> np.ndarray | None:
+        """"rgb_array": a (360, 480, 3) uint8 frame of the cell camera; "human": real-time pacing."""
+        if self.render_mode == "rgb_array":
+            return self.camera.rgb(*RENDER_SIZE)
+        if self.render_mode == "human":
+            delay = self.sim.physics.control_dt_s - (time.perf_counter() - self._last_frame_time)
+            if delay > 0:
+                time.sleep(delay)
+            self._last_frame_time = time.perf_counter()
+        return None
+
+    def save_state(self) -> EnvState:
+        """Snapshot the episode (physics, task, controller targets, random state)."""
+        return EnvState(
+            bullet_state=self.sim.save_state(),
+            task_state=self.task.get_state(),
+            q_target=self.robot._q_target.copy(),
+            rng_state=self.np_random.bit_generator.state,
+        )
+
+    def restore_state(self, state: EnvState) -> None:
+        """Return to a snapshot taken by ``save_state`` on this env."""
+        self.sim.restore_state(state.bullet_state)
+        self.task.set_state(state.task_state)
+        self.robot._q_target = state.q_target.copy()
+        self.np_random.bit_generator.state = state.rng_state
+
+    def close(self) -> None:
+        """Disconnect from pybullet; safe to call more than once."""
+        self.sim.close()
+
+
+def _check_choice(what: str, value: object, choices: Any) -> None:
+    if value not in choices:
+        raise ValueError(f"{what}={value!r} is not supported; choose one of {list(choices)}")

@@ -1,0 +1,136 @@
+"""A simulated arm with a gripper, driven from any RobotSpec.
+
+Two control modes, both relative (delta) commands per control step:
+
+* ``"ee"``: action = (dx, dy, dz, grip) in [-1, 1]; the tool centre point (TCP) moves by
+  ``action[:3] * spec.max_ee_step_m`` in the world frame with the gripper pointing down
+  (IK), clipped to the cell's workspace box.
+* ``"joints"``: action = (dq_1..dq_n, grip) in [-1, 1]; joint targets move by
+  ``action[:n] * spec.max_joint_step_rad``, clipped to the joint limits.
+
+``grip`` is an absolute opening command: -1 closed, +1 fully open.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gymnasium import spaces
+
+from factoryfloor.robots import RobotSpec
+from factoryfloor.sim.backend import PyBullet
+from factoryfloor.sim.urdf_tools import data_root, lowpoly_urdf
+
+
+class Arm:
+    """An arm + gripper in a PyBullet world.
+
+    Args:
+        sim: The world.
+        spec: Robot description.
+        control: "ee" or "joints".
+        workspace_low: Lower corner of the TCP workspace box (m, world frame), shape (3,).
+        workspace_high: Upper corner of the TCP workspace box (m, world frame), shape (3,).
+        lowpoly: Load collision meshes as visuals (fast camera rendering).
+        ik_iterations: IK iterations per control step (warm-started from the current pose).
+        name: Body name in ``sim``.
+    """
+
+    def __init__(
+        self,
+        sim: PyBullet,
+        spec: RobotSpec,
+        control: str,
+        workspace_low: np.ndarray,
+        workspace_high: np.ndarray,
+        lowpoly: bool = False,
+        ik_iterations: int = 5,
+        name: str = "robot",
+    ) -> None:
+        if control not in spec.control_modes:
+            raise ValueError(f"robot {spec.name!r} supports control {spec.control_modes}, not {control!r}")
+        self.sim, self.spec, self.control, self.name = sim, spec, control, name
+        self.ws_low, self.ws_high = np.asarray(workspace_low), np.asarray(workspace_high)
+        self.ik_iterations = ik_iterations
+        urdf = data_root(spec.data_root) / spec.urdf
+        sim.load_urdf(name, lowpoly_urdf(urdf) if lowpoly else urdf, spec.base_position, fixed=True)
+        self.arm_idx = [sim.joint_index(name, j) for j in spec.arm_joints]
+        self.grip_idx = [sim.joint_index(name, j) for j in spec.gripper.joints]
+        self.ee_idx = sim.link_index(name, spec.ee_link)
+        self._ik_columns = self._movable_columns()
+        self._arm_forces = np.array([lim.effort for lim in spec.limits])
+        self._grip_forces = np.full(len(self.grip_idx), spec.gripper.force)
+        self._down = np.asarray(spec.ee_down_quaternion)
+        self._tcp_to_link = -sim.transform_point(np.zeros(3), self._down, spec.tcp_offset_m)
+        self._q_target = np.asarray(spec.home, dtype=np.float64)
+        for link in spec.gripper.finger_links:
+            sim.set_dynamics(name, link, lateralFriction=1.5, spinningFriction=0.003, frictionAnchor=1)
+        for link, rgba in spec.link_colors.items():
+            sim.set_color(name, rgba, link=link)
+
+    def _movable_columns(self) -> list[int]:
+        """Positions of the arm joints in pybullet's IK output (one entry per movable joint)."""
+        body = self.sim.body_id(self.name)
+        n = self.sim.client.getNumJoints(body)
+        movable = [j for j in range(n) if self.sim.client.getJointInfo(body, j)[2] != 4]
+        return [movable.index(j) for j in self.arm_idx]
+
+    @property
+    def action_space(self) -> spaces.Box:
+        """Box(-1, 1) of shape (4,) for "ee" or (n_arm + 1,) for "joints"."""
+        n = 3 if self.control == "ee" else self.spec.n_arm
+        return spaces.Box(-1.0, 1.0, shape=(n + 1,), dtype=np.float32)
+
+    @property
+    def obs_size(self) -> int:
+        """Length of ``get_obs()``."""
+        return 7 + (self.spec.n_arm if self.control == "joints" else 0)
+
+    def reset(self, q: np.ndarray | None = None) -> None:
+        """Teleport to ``q`` (default: home), gripper open, motors holding that pose."""
+        self._q_target = np.asarray(self.spec.home if q is None else q, dtype=np.float64)
+        self.sim.reset_joints(self.name, self.arm_idx, self._q_target)
+        grip = self.spec.gripper.targets(1.0)
+        self.sim.reset_joints(self.name, self.grip_idx, grip)
+        self.sim.control_joints(self.name, self.arm_idx, self._q_target, self._arm_forces)
+        self.sim.control_joints(self.name, self.grip_idx, grip, self._grip_forces)
+
+    def set_action(self, action: np.ndarray) -> None:
+        """Apply one control step's action (see module doc); shape (action_space.shape[0],)."""
+        action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        if self.control == "ee":
+            self._q_target = self._ee_targets(action[:3] * self.spec.max_ee_step_m)
+        else:
+            q = self._q_target + action[:-1] * self.spec.max_joint_step_rad
+            self._q_target = np.clip(q, self.spec.lower, self.spec.upper)
+        self.sim.control_joints(self.name, self.arm_idx, self._q_target, self._arm_forces)
+        opening = 0.5 * (action[-1] + 1.0)
+        self.sim.control_joints(self.name, self.grip_idx, self.spec.gripper.targets(opening), self._grip_forces)
+
+    def _ee_targets(self, delta_m: np.ndarray) -> np.ndarray:
+        """Arm joint targets (rad) moving the TCP by ``delta_m`` (m, world), gripper down."""
+        target = np.clip(self.tcp_position() + delta_m, self.ws_low, self.ws_high)
+        q = self.sim.inverse_kinematics(
+            self.name, self.ee_idx, target + self._tcp_to_link, self._down, self.ik_iterations
+        )[self._ik_columns]
+        return np.clip(q, self.spec.lower, self.spec.upper)
+
+    def tcp_position(self) -> np.ndarray:
+        """TCP position (m, world frame), shape (3,)."""
+        pos, orn, _ = self.sim.get_link_pose_velocity(self.name, self.ee_idx)
+        return self.sim.transform_point(pos, orn, self.spec.tcp_offset_m) if any(self.spec.tcp_offset_m) else pos
+
+    def gripper_opening(self) -> float:
+        """Gripper opening in [0, 1] (0 closed, 1 open), from the first gripper joint."""
+        g = self.spec.gripper
+        q = self.sim.get_joint_states(self.name, self.grip_idx[:1])[0][0] / g.multipliers[0]
+        return float((q - g.closed_position) / (g.open_position - g.closed_position))
+
+    def get_obs(self) -> np.ndarray:
+        """TCP position (m, world) (3), TCP velocity (m/s) (3), gripper opening (1)[, q (rad)]."""
+        pos, orn, vel = self.sim.get_link_pose_velocity(self.name, self.ee_idx)
+        if any(self.spec.tcp_offset_m):
+            pos = self.sim.transform_point(pos, orn, self.spec.tcp_offset_m)
+        parts = [pos, vel, [self.gripper_opening()]]
+        if self.control == "joints":
+            parts.append(self.sim.get_joint_states(self.name, self.arm_idx)[0])
+        return np.concatenate(parts)

@@ -1,0 +1,142 @@
+"""Task base class and registry.
+
+A Task owns the scene objects of its job, the goal, ``is_success`` and ``compute_reward``. It
+gets the world, the env's random generator and only the robot callables it needs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from factoryfloor.sim.backend import PyBullet
+
+REWARD_TYPES = ("sparse", "dense")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Randomization:
+    """Domain randomisation ranges, used when the env is made with ``randomize=True``.
+
+    Part poses are always random; these widen the physical parameters.
+
+    Attributes:
+        mass_scale: Part mass multiplier range (-).
+        friction: Part lateral friction coefficient range (-).
+        conveyor_speed_m_s: Belt speed range (m/s).
+        camera_jitter_m: Camera eye offset, uniform per axis in +-this (m).
+    """
+
+    mass_scale: tuple[float, float] = (0.5, 1.5)
+    friction: tuple[float, float] = (0.6, 1.2)
+    conveyor_speed_m_s: tuple[float, float] = (0.06, 0.14)
+    camera_jitter_m: float = 0.02
+
+
+@dataclass(frozen=True)
+class RobotHooks:
+    """The robot callables a task may use (not the robot itself)."""
+
+    tcp_position: Callable[[], np.ndarray]
+    gripper_opening: Callable[[], float]
+
+
+class Task(ABC):
+    """One job in the cell.
+
+    Args:
+        sim: The world to build the scene in.
+        robot: Callables giving the TCP position (m) and gripper opening.
+        reward_type: "sparse" (0 on success, -1 otherwise) or "dense" (minus the goal distance).
+        randomize: Apply the ``Randomization`` ranges at each reset.
+    """
+
+    distance_threshold_m: ClassVar[float] = 0.05
+    workspace_low: ClassVar[tuple[float, float, float]] = (0.2, -0.45, 0.005)
+    workspace_high: ClassVar[tuple[float, float, float]] = (0.8, 0.45, 0.45)
+
+    def __init__(self, sim: PyBullet, robot: RobotHooks, reward_type: str, randomize: bool) -> None:
+        if reward_type not in REWARD_TYPES:
+            raise ValueError(f"reward must be one of {REWARD_TYPES}, not {reward_type!r}")
+        self.sim, self.robot, self.reward_type = sim, robot, reward_type
+        self.randomize, self.ranges = randomize, Randomization()
+        self.goal = np.zeros(3)
+        self._build()
+
+    @abstractmethod
+    def _build(self) -> None:
+        """Create the task's scene objects (once)."""
+
+    @abstractmethod
+    def reset(self, rng: np.random.Generator) -> None:
+        """Place objects and draw a goal; every draw goes through ``rng``."""
+
+    @abstractmethod
+    def get_obs(self) -> np.ndarray:
+        """Task part of the observation vector, shape (obs_size,)."""
+
+    @property
+    @abstractmethod
+    def obs_size(self) -> int:
+        """Length of ``get_obs()``."""
+
+    @abstractmethod
+    def achieved_goal(self) -> np.ndarray:
+        """What the goal is compared with (m, world), shape (3,)."""
+
+    def desired_goal(self) -> np.ndarray:
+        """The goal (m, world), shape (3,)."""
+        return self.goal.copy()
+
+    def after_step(self) -> None:
+        """Hook run after each control step (e.g. conveyor upkeep)."""
+
+    def get_state(self) -> dict[str, Any]:
+        """Python-side state that ``save_state`` must keep beyond the physics."""
+        return {"goal": self.goal.copy()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Inverse of ``get_state``."""
+        self.goal = state["goal"].copy()
+
+    def is_success(self, achieved: np.ndarray, desired: np.ndarray) -> np.ndarray:
+        """Vectorised success: goal distance below the threshold; shapes (..., 3) -> (...)."""
+        return np.linalg.norm(achieved - desired, axis=-1) < self.distance_threshold_m
+
+    def compute_reward(self, achieved: np.ndarray, desired: np.ndarray, info: Any = None) -> np.ndarray:
+        """Vectorised reward (HER-compatible); shapes (..., 3) -> (...) float32."""
+        d = np.linalg.norm(achieved - desired, axis=-1)
+        if self.reward_type == "sparse":
+            return -(d >= self.distance_threshold_m).astype(np.float32)
+        return -d.astype(np.float32)
+
+    def uniform(self, rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+        """One draw in [low, high] when randomising, else the midpoint."""
+        return float(rng.uniform(*bounds)) if self.randomize else 0.5 * (bounds[0] + bounds[1])
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    """Class decorator adding a Task subclass to ``TASKS`` under ``name``."""
+
+    def wrap(cls: type[Task]) -> type[Task]:
+        if name in TASKS:
+            raise ValueError(f"task {name!r} is already registered")
+        TASKS[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_task_class(name: str) -> type[Task]:
+    """The Task class registered under ``name``; KeyError lists the known tasks."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise KeyError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}") from None

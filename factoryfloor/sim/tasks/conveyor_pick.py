@@ -1,0 +1,106 @@
+"""ConveyorPick: take a part off a moving belt and place it in a bin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from factoryfloor.sim.scene import (
+    BELT_TOP_Z_M,
+    BIN_FLOOR_TOP_M,
+    PART_SHAPES,
+    Conveyor,
+    ConveyorConfig,
+    add_bin,
+    add_goal_marker,
+    add_part,
+    add_table,
+)
+from factoryfloor.sim.tasks.base import Task, register_task
+
+
+@register_task("conveyor_pick")
+class ConveyorPickTask(Task):
+    """Pick any part from a running conveyor and place it in a bin.
+
+    Task: parts (one cube, one block, one cylinder, in random order) ride the belt along +y
+        into the robot's reach; grasp one and put it in the bin beside the conveyor.
+    Randomizations: order of the parts; lateral offset of each part on the belt
+        [-0.05, 0.05] m; arrival times (first part 0.4-0.6 m upstream of the belt centre, then
+        gaps of 0.15-0.3 m); part yaw; bin x [0.28, 0.34] m, y [0.25, 0.32] m. With ``randomize``:
+        belt speed 0.06-0.14 m/s (else 0.1 m/s), part mass and friction.
+    Success: the part nearest the goal is within 0.06 m of it, the goal being the centre of the
+        bin floor raised by 2 cm.
+    Reward: sparse 0 / -1, or dense -||part - goal|| (m), for the part nearest the goal.
+    """
+
+    distance_threshold_m = 0.06
+    bin_low = np.array([0.28, 0.25])
+    bin_high = np.array([0.34, 0.32])
+
+    def _build(self) -> None:
+        add_table(self.sim)
+        self.conveyor = Conveyor(self.sim, ConveyorConfig())
+        add_bin(self.sim, "bin", np.array([0.31, 0.28, 0.0]))
+        self.shapes = sorted(PART_SHAPES)
+        self.half_heights = [
+            add_part(self.sim, f"part_{i}", s, np.array([-0.2, 0.1 * i, 0.05]), i) for i, s in enumerate(self.shapes)
+        ]
+        self.parts = [f"part_{i}" for i in range(len(self.shapes))]
+        add_goal_marker(self.sim, "target", 0.02)
+
+    def reset(self, rng: np.random.Generator) -> None:
+        """Start the belt, place the bin and line the parts up upstream."""
+        speed = self.uniform(rng, self.ranges.conveyor_speed_m_s)
+        self.conveyor.start(speed)
+        bin_xy = rng.uniform(self.bin_low, self.bin_high)
+        self.sim.set_base_pose("bin", np.array([*bin_xy, 0.0]))
+        self.goal = np.array([*bin_xy, BIN_FLOOR_TOP_M + 0.02])
+        self.sim.set_base_pose("target", self.goal)
+        x0, y0 = self.conveyor.config.center_xy_m
+        y = y0 - rng.uniform(0.4, 0.6)
+        for k in rng.permutation(len(self.parts)):
+            self._place_on_belt(rng, int(k), x0 + rng.uniform(-0.05, 0.05), y, speed)
+            y -= rng.uniform(0.15, 0.3)
+
+    def _place_on_belt(self, rng: np.random.Generator, k: int, x: float, y: float, speed: float) -> None:
+        yaw = rng.uniform(0.0, 2 * np.pi)
+        quat = (0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2))
+        name = self.parts[k]
+        self.sim.set_base_pose(name, np.array([x, y, BELT_TOP_Z_M + self.half_heights[k]]), quat)
+        self.sim.set_base_velocity(name, np.array([0.0, speed, 0.0]))
+        if self.randomize:
+            mass = 0.1 * self.uniform(rng, self.ranges.mass_scale)
+            self.sim.set_dynamics(name, mass=mass, lateralFriction=self.uniform(rng, self.ranges.friction))
+
+    def after_step(self) -> None:
+        """Keep the belt running."""
+        self.conveyor.update()
+
+    @property
+    def obs_size(self) -> int:
+        """Per part: position (3) and velocity (3); then the belt speed (1)."""
+        return 6 * len(self.parts) + 1
+
+    def _positions(self) -> np.ndarray:
+        return np.array([self.sim.get_base_position(p) for p in self.parts])
+
+    def get_obs(self) -> np.ndarray:
+        """Positions (m) and velocities (m/s) of the parts, then the belt speed (m/s)."""
+        velocities = np.array([self.sim.get_base_velocity(p) for p in self.parts])
+        return np.concatenate([np.hstack([self._positions(), velocities]).ravel(), [self.conveyor.speed_m_s]])
+
+    def achieved_goal(self) -> np.ndarray:
+        """Position (m) of the part nearest the goal."""
+        positions = self._positions()
+        return positions[int(np.argmin(np.linalg.norm(positions - self.goal, axis=1)))]
+
+    def get_state(self) -> dict[str, Any]:
+        """Goal and belt speed."""
+        return {"goal": self.goal.copy(), "speed": self.conveyor.speed_m_s}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Inverse of ``get_state``."""
+        self.goal = state["goal"].copy()
+        self.conveyor.set_speed(state["speed"])
