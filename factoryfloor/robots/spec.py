@@ -91,6 +91,7 @@ class RobotSpec:
         control_modes: Supported control modes; a subset of ``CONTROL_MODES``.
         max_ee_step_m: Largest TCP displacement per control step under "ee" control (m).
         max_joint_step_rad: Largest joint displacement per control step under "joints" (rad).
+        position_gain: Proportional gain of the simulated joint position controllers (-).
         base_position: Mounting position of the base in the world frame (m).
         link_colors: Optional RGBA per link name for low-poly rendering.
     """
@@ -108,6 +109,7 @@ class RobotSpec:
     control_modes: tuple[str, ...] = CONTROL_MODES
     max_ee_step_m: float = 0.05
     max_joint_step_rad: float = 0.1
+    position_gain: float = 0.3
     base_position: tuple[float, float, float] = (0.0, 0.0, 0.0)
     link_colors: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
 

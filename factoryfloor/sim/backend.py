@@ -253,11 +253,11 @@ class PyBullet:
             self.client.resetJointState(body, j, float(q), 0.0)
 
     def control_joints(
-        self, name: str, joints: list[int], targets: np.ndarray, forces: np.ndarray
+        self, name: str, joints: list[int], targets: np.ndarray, forces: np.ndarray, gains: list[float]
     ) -> None:
-        """Position-control joints towards targets with maximum forces (N m or N)."""
+        """Position-control joints towards targets with maximum forces (N m or N) and gains."""
         self.client.setJointMotorControlArray(
-            self._bodies[name], joints, pb.POSITION_CONTROL, targetPositions=targets, forces=forces
+            self._bodies[name], joints, pb.POSITION_CONTROL, targetPositions=targets, forces=forces, positionGains=gains
         )
 
     def control_velocity(self, name: str, joint: int, velocity: float, force: float) -> None:
@@ -281,10 +281,29 @@ class PyBullet:
         state = self.client.getLinkState(self._bodies[name], link, computeLinkVelocity=1)
         return np.asarray(state[4]), np.asarray(state[5]), np.asarray(state[6])
 
+    def movable_joints(self, name: str) -> list[int]:
+        """Indices of the non-fixed joints of a body, in pybullet's IK output order."""
+        body = self._bodies[name]
+        n = self.client.getNumJoints(body)
+        return [j for j in range(n) if self.client.getJointInfo(body, j)[2] != pb.JOINT_FIXED]
+
     def inverse_kinematics(
-        self, name: str, link: int, position: np.ndarray, orientation: np.ndarray, iterations: int
+        self,
+        name: str,
+        link: int,
+        position: np.ndarray,
+        orientation: np.ndarray,
+        iterations: int,
     ) -> np.ndarray:
-        """Joint positions of all movable joints that bring ``link`` to the target pose."""
+        """Positions of all movable joints bringing ``link`` to a pose (m; x, y, z, w).
+
+        Args:
+            name: Body name.
+            link: Link index.
+            position: Target position (m, world).
+            orientation: Target orientation (x, y, z, w).
+            iterations: Solver iterations (warm-started from the current joint state).
+        """
         return np.asarray(
             self.client.calculateInverseKinematics(
                 self._bodies[name], link, list(position), list(orientation), maxNumIterations=iterations

@@ -28,7 +28,7 @@ class EnvState:
 
     bullet_state: int
     task_state: dict[str, Any]
-    q_target: np.ndarray
+    robot_state: dict[str, np.ndarray]
     rng_state: dict[str, Any]
 
 
@@ -156,7 +156,7 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         return EnvState(
             bullet_state=self.sim.save_state(),
             task_state=self.task.get_state(),
-            q_target=self.robot._q_target.copy(),
+            robot_state=self.robot.get_state(),
             rng_state=self.np_random.bit_generator.state,
         )
 
@@ -164,7 +164,7 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         """Return to a snapshot taken by ``save_state`` on this env."""
         self.sim.restore_state(state.bullet_state)
         self.task.set_state(state.task_state)
-        self.robot._q_target = state.q_target.copy()
+        self.robot.set_state(state.robot_state)
         self.np_random.bit_generator.state = state.rng_state
 
     def close(self) -> None:

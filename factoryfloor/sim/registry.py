@@ -8,7 +8,7 @@ import gymnasium as gym
 ENV_SPECS: dict[str, tuple[str, int]] = {
     "factoryfloor/Reach-v0": ("reach", 50),
     "factoryfloor/PickPlace-v0": ("pick_place", 100),
-    "factoryfloor/ConveyorPick-v0": ("conveyor_pick", 150),
+    "factoryfloor/ConveyorPick-v0": ("conveyor_pick", 200),
 }
 
 

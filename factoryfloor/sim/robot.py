@@ -51,28 +51,26 @@ class Arm:
         self.sim, self.spec, self.control, self.name = sim, spec, control, name
         self.ws_low, self.ws_high = np.asarray(workspace_low), np.asarray(workspace_high)
         self.ik_iterations = ik_iterations
+        self.max_lag_m = 2.0 * spec.max_ee_step_m
         urdf = data_root(spec.data_root) / spec.urdf
         sim.load_urdf(name, lowpoly_urdf(urdf) if lowpoly else urdf, spec.base_position, fixed=True)
         self.arm_idx = [sim.joint_index(name, j) for j in spec.arm_joints]
         self.grip_idx = [sim.joint_index(name, j) for j in spec.gripper.joints]
         self.ee_idx = sim.link_index(name, spec.ee_link)
-        self._ik_columns = self._movable_columns()
+        movable = sim.movable_joints(name)
+        self._ik_columns = [movable.index(j) for j in self.arm_idx]
         self._arm_forces = np.array([lim.effort for lim in spec.limits])
         self._grip_forces = np.full(len(self.grip_idx), spec.gripper.force)
+        self._arm_gains = [spec.position_gain] * spec.n_arm
+        self._grip_gains = [spec.position_gain] * len(self.grip_idx)
         self._down = np.asarray(spec.ee_down_quaternion)
         self._tcp_to_link = -sim.transform_point(np.zeros(3), self._down, spec.tcp_offset_m)
         self._q_target = np.asarray(spec.home, dtype=np.float64)
+        self._tcp_setpoint = np.zeros(3)
         for link in spec.gripper.finger_links:
             sim.set_dynamics(name, link, lateralFriction=1.5, spinningFriction=0.003, frictionAnchor=1)
         for link, rgba in spec.link_colors.items():
             sim.set_color(name, rgba, link=link)
-
-    def _movable_columns(self) -> list[int]:
-        """Positions of the arm joints in pybullet's IK output (one entry per movable joint)."""
-        body = self.sim.body_id(self.name)
-        n = self.sim.client.getNumJoints(body)
-        movable = [j for j in range(n) if self.sim.client.getJointInfo(body, j)[2] != 4]
-        return [movable.index(j) for j in self.arm_idx]
 
     @property
     def action_space(self) -> spaces.Box:
@@ -91,8 +89,18 @@ class Arm:
         self.sim.reset_joints(self.name, self.arm_idx, self._q_target)
         grip = self.spec.gripper.targets(1.0)
         self.sim.reset_joints(self.name, self.grip_idx, grip)
-        self.sim.control_joints(self.name, self.arm_idx, self._q_target, self._arm_forces)
-        self.sim.control_joints(self.name, self.grip_idx, grip, self._grip_forces)
+        self.sim.control_joints(self.name, self.arm_idx, self._q_target, self._arm_forces, self._arm_gains)
+        self.sim.control_joints(self.name, self.grip_idx, grip, self._grip_forces, self._grip_gains)
+        self._tcp_setpoint = self.tcp_position()
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Controller state (joint targets and TCP setpoint) for save/restore."""
+        return {"q_target": self._q_target.copy(), "tcp_setpoint": self._tcp_setpoint.copy()}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Inverse of ``get_state``."""
+        self._q_target = state["q_target"].copy()
+        self._tcp_setpoint = state["tcp_setpoint"].copy()
 
     def set_action(self, action: np.ndarray) -> None:
         """Apply one control step's action (see module doc); shape (action_space.shape[0],)."""
@@ -102,15 +110,26 @@ class Arm:
         else:
             q = self._q_target + action[:-1] * self.spec.max_joint_step_rad
             self._q_target = np.clip(q, self.spec.lower, self.spec.upper)
-        self.sim.control_joints(self.name, self.arm_idx, self._q_target, self._arm_forces)
+        self.sim.control_joints(self.name, self.arm_idx, self._q_target, self._arm_forces, self._arm_gains)
         opening = 0.5 * (action[-1] + 1.0)
-        self.sim.control_joints(self.name, self.grip_idx, self.spec.gripper.targets(opening), self._grip_forces)
+        self.sim.control_joints(self.name, self.grip_idx, self.spec.gripper.targets(opening), self._grip_forces, self._grip_gains)
 
     def _ee_targets(self, delta_m: np.ndarray) -> np.ndarray:
-        """Arm joint targets (rad) moving the TCP by ``delta_m`` (m, world), gripper down."""
-        target = np.clip(self.tcp_position() + delta_m, self.ws_low, self.ws_high)
+        """Arm joint targets (rad) moving the TCP setpoint by ``delta_m`` (m, world).
+
+        The setpoint is absolute, so IK errors do not accumulate from step to step, and it is
+        kept within ``max_lag_m`` of the measured TCP, so it cannot wind up while the arm is
+        blocked.
+        """
+        setpoint = np.clip(self._tcp_setpoint + delta_m, self.ws_low, self.ws_high)
+        tcp = self.tcp_position()
+        lag = setpoint - tcp
+        lag_norm = float(np.linalg.norm(lag))
+        if lag_norm > self.max_lag_m:
+            setpoint = tcp + lag * (self.max_lag_m / lag_norm)
+        self._tcp_setpoint = setpoint
         q = self.sim.inverse_kinematics(
-            self.name, self.ee_idx, target + self._tcp_to_link, self._down, self.ik_iterations
+            self.name, self.ee_idx, setpoint + self._tcp_to_link, self._down, self.ik_iterations
         )[self._ik_columns]
         return np.clip(q, self.spec.lower, self.spec.upper)
 

@@ -69,7 +69,7 @@ class ConveyorConfig:
             (m); the belt link is longer than the frame by more than twice this.
     """
 
-    center_xy_m: tuple[float, float] = (0.6, -0.15)
+    center_xy_m: tuple[float, float] = (0.5, -0.3)
     speed_m_s: float = 0.1
     wrap_m: float = 0.05
 

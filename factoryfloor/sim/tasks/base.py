@@ -56,6 +56,7 @@ class Task(ABC):
     """
 
     distance_threshold_m: ClassVar[float] = 0.05
+    goal_box_half_m: ClassVar[tuple[float, float, float] | None] = None  # box success instead
     workspace_low: ClassVar[tuple[float, float, float]] = (0.2, -0.45, 0.005)
     workspace_high: ClassVar[tuple[float, float, float]] = (0.8, 0.45, 0.45)
 
@@ -104,15 +105,20 @@ class Task(ABC):
         self.goal = state["goal"].copy()
 
     def is_success(self, achieved: np.ndarray, desired: np.ndarray) -> np.ndarray:
-        """Vectorised success: goal distance below the threshold; shapes (..., 3) -> (...)."""
+        """Vectorised success; shapes (..., 3) -> (...) bool.
+
+        Within ``distance_threshold_m`` of the goal, or, when ``goal_box_half_m`` is set, inside
+        the axis-aligned box of those half sizes around the goal (a part inside a bin).
+        """
+        if self.goal_box_half_m is not None:
+            return np.all(np.abs(achieved - desired) <= np.asarray(self.goal_box_half_m), axis=-1)
         return np.linalg.norm(achieved - desired, axis=-1) < self.distance_threshold_m
 
     def compute_reward(self, achieved: np.ndarray, desired: np.ndarray, info: Any = None) -> np.ndarray:
         """Vectorised reward (HER-compatible); shapes (..., 3) -> (...) float32."""
-        d = np.linalg.norm(achieved - desired, axis=-1)
         if self.reward_type == "sparse":
-            return -(d >= self.distance_threshold_m).astype(np.float32)
-        return -d.astype(np.float32)
+            return -(~self.is_success(achieved, desired)).astype(np.float32)
+        return -np.linalg.norm(achieved - desired, axis=-1).astype(np.float32)
 
     def uniform(self, rng: np.random.Generator, bounds: tuple[float, float]) -> float:
         """One draw in [low, high] when randomising, else the midpoint."""

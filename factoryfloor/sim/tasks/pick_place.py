@@ -17,12 +17,12 @@ class PickPlaceTask(Task):
     Task: grasp the part (a cube, block or cylinder) and put it in the bin.
     Randomizations: part shape and colour; part x [0.35, 0.6] m, y [-0.25, 0.0] m, yaw [0, 2pi);
         bin x [0.35, 0.55] m, y [0.22, 0.32] m. With ``randomize``: part mass and friction.
-    Success: ||part - goal|| < 0.06 m, the goal being the centre of the bin floor raised by
-        2 cm (a part resting near the middle of the bin).
+    Success: the part lies in the bin: its centre within 0.07 m (x, y) and 0.03 m (z) of
+        the goal, the centre of the bin floor raised by 2 cm.
     Reward: sparse 0 / -1, or dense -||part - goal|| (m).
     """
 
-    distance_threshold_m = 0.06
+    goal_box_half_m = (0.07, 0.07, 0.03)
     part_low = np.array([0.35, -0.25])
     part_high = np.array([0.6, 0.0])
     bin_low = np.array([0.35, 0.22])
