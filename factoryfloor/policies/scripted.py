@@ -67,6 +67,8 @@ class PickPlaceExpert(ScriptedExpert):
     """
 
     grasp_steps = 6
+    speeds = (1.0, 0.5, 1.0, 0.6, 0.6, 0.6, 1.0)  # fraction of the largest step, per phase
+    lag_steps = 2.0  # control steps the TCP lags its setpoint by
     budgets = (100, 20, 6, 20, 40, 20, 1_000)  # steps per phase before moving on anyway
 
     def part_state(self, obs: Obs) -> tuple[np.ndarray, np.ndarray]:
@@ -89,8 +91,10 @@ class PickPlaceExpert(ScriptedExpert):
     def _targets(self, obs: Obs) -> list[tuple[np.ndarray, float, float]]:
         """Per phase: (TCP target (m), gripper command, tolerance (m))."""
         tcp, goal = obs["observation"][:3], obs["desired_goal"]
-        part, vel = self.part_state(obs)
-        lead = self.reachable(part + vel * self.dt * 2.0)  # where the part will be
+        part, _ = self.part_state(obs)
+        # Lead the part by the belt's motion (not the part's measured velocity, which a touch of
+        # the fingers would turn into a chase) over the arm's tracking lag.
+        lead = self.reachable(part + self.belt_velocity(obs) * self.dt * self.lag_steps)
         grasp = np.array([*lead[:2], max(lead[2], 0.015)])
         above_goal = goal + [0.0, 0.0, RELEASE_ABOVE_GOAL_M]
         return [
@@ -113,7 +117,9 @@ class PickPlaceExpert(ScriptedExpert):
         if reached or self.phase_steps >= self.budgets[self.phase]:
             self._next(self.phase + 1)
         feedforward = self.belt_velocity(obs) * self.dt if self.phase <= 2 else None
-        return self.move(tcp, target, grip, feedforward)
+        action = self.move(tcp, target, grip, feedforward)
+        action[:3] *= self.speeds[self.phase]
+        return action
 
 
 class ConveyorPickExpert(PickPlaceExpert):

@@ -30,11 +30,17 @@ def panda() -> RobotSpec:
             open_position=0.04,
             closed_position=0.0,
             force=100.0,
+            max_speed=0.15,
             finger_links=("panda_leftfinger", "panda_rightfinger"),
         ),
         limits=_LIMITS,
         home=(0.0, 0.2, 0.0, -2.2, 0.0, 2.4, 0.785),
         ee_down_quaternion=(1.0, 0.0, 0.0, 0.0),
+        # Finger pads as boxes (the shipped convex finger mesh touches parts at a single point).
+        collision_boxes={
+            "panda_leftfinger": ((0.021, 0.012, 0.054), (0.0, 0.006, 0.027)),
+            "panda_rightfinger": ((0.021, 0.012, 0.054), (0.0, 0.006, 0.027)),
+        },
         link_colors={
             "panda_link0": (0.9, 0.9, 0.9, 1.0),
             "panda_hand": (0.2, 0.2, 0.2, 1.0),

@@ -50,6 +50,8 @@ class GripperSpec:
         closed_position: Drive position when fully closed (m or rad).
         force: Motor force or torque per joint (N or N m).
         finger_links: Names of the links that touch the part (for friction settings).
+        max_speed: Largest speed of the drive position (m/s or rad/s); commands are rate-limited
+            to it, as a real gripper's controller does, so that fingers close on parts gently.
     """
 
     joints: tuple[str, ...]
@@ -58,17 +60,23 @@ class GripperSpec:
     closed_position: float
     force: float
     finger_links: tuple[str, ...]
+    max_speed: float
 
     def __post_init__(self) -> None:
+        if self.max_speed <= 0:
+            raise ValueError("GripperSpec.max_speed must be positive")
         if len(self.joints) != len(self.multipliers):
             raise ValueError("GripperSpec needs one multiplier per joint")
         if not self.joints:
             raise ValueError("GripperSpec needs at least one joint")
 
-    def targets(self, opening: float) -> np.ndarray:
-        """Joint targets for an opening in [0, 1]; returns shape (len(joints),)."""
+    def drive(self, opening: float) -> float:
+        """Drive position (m or rad) for an opening in [0, 1] (0 closed, 1 open)."""
         opening = float(np.clip(opening, 0.0, 1.0))
-        drive = self.closed_position + opening * (self.open_position - self.closed_position)
+        return self.closed_position + opening * (self.open_position - self.closed_position)
+
+    def targets(self, drive: float) -> np.ndarray:
+        """Joint targets for a drive position (m or rad); shape (len(joints),)."""
         return drive * np.asarray(self.multipliers, dtype=np.float64)
 
 
@@ -91,6 +99,8 @@ class RobotSpec:
         control_modes: Supported control modes; a subset of ``CONTROL_MODES``.
         max_ee_step_m: Largest TCP displacement per control step under "ee" control (m).
         max_joint_step_rad: Largest joint displacement per control step under "joints" (rad).
+        collision_boxes: Link name -> (size (m), centre (m)) of a box replacing that link's
+            collision mesh, centre in the frame of the URDF collision element (finger pads).
         position_gain: Proportional gain of the simulated joint position controllers (-).
         base_position: Mounting position of the base in the world frame (m).
         link_colors: Optional RGBA per link name for low-poly rendering.
@@ -109,6 +119,9 @@ class RobotSpec:
     control_modes: tuple[str, ...] = CONTROL_MODES
     max_ee_step_m: float = 0.05
     max_joint_step_rad: float = 0.1
+    collision_boxes: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = field(
+        default_factory=dict
+    )
     position_gain: float = 0.3
     base_position: tuple[float, float, float] = (0.0, 0.0, 0.0)
     link_colors: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)

@@ -44,6 +44,7 @@ def xarm6() -> RobotSpec:
             open_position=0.0,
             closed_position=0.85,
             force=20.0,
+            max_speed=3.0,
             finger_links=("left_finger", "right_finger"),
         ),
         limits=_LIMITS,

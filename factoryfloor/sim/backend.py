@@ -276,6 +276,17 @@ class PyBullet:
         velocity = self.client.getJointState(body, joint)[1]
         self.client.resetJointState(body, joint, position, velocity)
 
+    def couple_joints(self, name: str, driver: int, follower: int, ratio: float, max_force: float) -> None:
+        """Gear-couple two joints so that q_follower = ratio * q_driver; frees the follower's motor.
+
+        Models mechanical couplings that URDF can only state as ``<mimic>`` (a Panda's fingers,
+        an xArm gripper's linkage); ``max_force`` (N or N m) bounds the coupling effort.
+        """
+        body = self._bodies[name]
+        cid = self.client.createConstraint(body, driver, body, follower, pb.JOINT_GEAR, [1, 0, 0], [0, 0, 0], [0, 0, 0])
+        self.client.changeConstraint(cid, gearRatio=-1.0 / ratio, erp=0.1, maxForce=max_force)
+        self.client.setJointMotorControl2(body, follower, pb.VELOCITY_CONTROL, force=0.0)
+
     def get_link_pose_velocity(self, name: str, link: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """World position (m), orientation (x, y, z, w) and linear velocity (m/s) of a link."""
         state = self.client.getLinkState(self._bodies[name], link, computeLinkVelocity=1)

@@ -18,7 +18,7 @@ from gymnasium import spaces
 
 from factoryfloor.robots import RobotSpec
 from factoryfloor.sim.backend import PyBullet
-from factoryfloor.sim.urdf_tools import data_root, lowpoly_urdf
+from factoryfloor.sim.urdf_tools import data_root, robot_urdf
 
 
 class Arm:
@@ -51,24 +51,26 @@ class Arm:
         self.sim, self.spec, self.control, self.name = sim, spec, control, name
         self.ws_low, self.ws_high = np.asarray(workspace_low), np.asarray(workspace_high)
         self.ik_iterations = ik_iterations
-        self.max_lag_m = 2.0 * spec.max_ee_step_m
         urdf = data_root(spec.data_root) / spec.urdf
-        sim.load_urdf(name, lowpoly_urdf(urdf) if lowpoly else urdf, spec.base_position, fixed=True)
+        sim.load_urdf(name, robot_urdf(urdf, lowpoly, spec.collision_boxes), spec.base_position, fixed=True)
         self.arm_idx = [sim.joint_index(name, j) for j in spec.arm_joints]
         self.grip_idx = [sim.joint_index(name, j) for j in spec.gripper.joints]
         self.ee_idx = sim.link_index(name, spec.ee_link)
         movable = sim.movable_joints(name)
         self._ik_columns = [movable.index(j) for j in self.arm_idx]
         self._arm_forces = np.array([lim.effort for lim in spec.limits])
-        self._grip_forces = np.full(len(self.grip_idx), spec.gripper.force)
+        self._grip_forces = np.array([spec.gripper.force])
         self._arm_gains = [spec.position_gain] * spec.n_arm
-        self._grip_gains = [spec.position_gain] * len(self.grip_idx)
+        self._grip_gains = [spec.position_gain]
         self._down = np.asarray(spec.ee_down_quaternion)
         self._tcp_to_link = -sim.transform_point(np.zeros(3), self._down, spec.tcp_offset_m)
         self._q_target = np.asarray(spec.home, dtype=np.float64)
-        self._tcp_setpoint = np.zeros(3)
+        self._grip_drive = spec.gripper.drive(1.0)
+        mult = spec.gripper.multipliers
+        for joint, m in zip(self.grip_idx[1:], mult[1:], strict=True):  # mimic joints follow the drive
+            sim.couple_joints(name, self.grip_idx[0], joint, m / mult[0], 10.0 * spec.gripper.force)
         for link in spec.gripper.finger_links:
-            sim.set_dynamics(name, link, lateralFriction=1.5, spinningFriction=0.003, frictionAnchor=1)
+            sim.set_dynamics(name, link, lateralFriction=1.0, spinningFriction=0.01)
         for link, rgba in spec.link_colors.items():
             sim.set_color(name, rgba, link=link)
 
@@ -87,20 +89,23 @@ class Arm:
         """Teleport to ``q`` (default: home), gripper open, motors holding that pose."""
         self._q_target = np.asarray(self.spec.home if q is None else q, dtype=np.float64)
         self.sim.reset_joints(self.name, self.arm_idx, self._q_target)
-        grip = self.spec.gripper.targets(1.0)
+        self._grip_drive = self.spec.gripper.drive(1.0)
+        grip = self.spec.gripper.targets(self._grip_drive)
         self.sim.reset_joints(self.name, self.grip_idx, grip)
         self.sim.control_joints(self.name, self.arm_idx, self._q_target, self._arm_forces, self._arm_gains)
-        self.sim.control_joints(self.name, self.grip_idx, grip, self._grip_forces, self._grip_gains)
-        self._tcp_setpoint = self.tcp_position()
+        self.sim.control_joints(self.name, self.grip_idx[:1], grip[:1], self._grip_forces, self._grip_gains)
 
     def get_state(self) -> dict[str, np.ndarray]:
-        """Controller state (joint targets and TCP setpoint) for save/restore."""
-        return {"q_target": self._q_target.copy(), "tcp_setpoint": self._tcp_setpoint.copy()}
+        """Controller state (joint targets, gripper drive) for save/restore."""
+        return {
+            "q_target": self._q_target.copy(),
+            "grip_drive": np.array(self._grip_drive),
+        }
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         """Inverse of ``get_state``."""
         self._q_target = state["q_target"].copy()
-        self._tcp_setpoint = state["tcp_setpoint"].copy()
+        self._grip_drive = float(state["grip_drive"])
 
     def set_action(self, action: np.ndarray) -> None:
         """Apply one control step's action (see module doc); shape (action_space.shape[0],)."""
@@ -111,23 +116,23 @@ class Arm:
             q = self._q_target + action[:-1] * self.spec.max_joint_step_rad
             self._q_target = np.clip(q, self.spec.lower, self.spec.upper)
         self.sim.control_joints(self.name, self.arm_idx, self._q_target, self._arm_forces, self._arm_gains)
-        opening = 0.5 * (action[-1] + 1.0)
-        self.sim.control_joints(self.name, self.grip_idx, self.spec.gripper.targets(opening), self._grip_forces, self._grip_gains)
+        self._grip_drive = self._rate_limited_drive(0.5 * (action[-1] + 1.0))
+        grip = self.spec.gripper.targets(self._grip_drive)
+        self.sim.control_joints(self.name, self.grip_idx[:1], grip[:1], self._grip_forces, self._grip_gains)
+
+    def _rate_limited_drive(self, opening: float) -> float:
+        """Next gripper drive position, moving toward ``opening`` at most at max_speed."""
+        g = self.spec.gripper
+        max_step = g.max_speed * self.sim.physics.control_dt_s
+        return self._grip_drive + float(np.clip(g.drive(opening) - self._grip_drive, -max_step, max_step))
 
     def _ee_targets(self, delta_m: np.ndarray) -> np.ndarray:
-        """Arm joint targets (rad) moving the TCP setpoint by ``delta_m`` (m, world).
+        """Arm joint targets (rad) moving the TCP by ``delta_m`` (m, world) from where it is.
 
-        The setpoint is absolute, so IK errors do not accumulate from step to step, and it is
-        kept within ``max_lag_m`` of the measured TCP, so it cannot wind up while the arm is
-        blocked.
+        Relative to the measured TCP (not to an integrated setpoint), so a closed-loop policy
+        never fights an integrator; the target is clipped to the workspace box.
         """
-        setpoint = np.clip(self._tcp_setpoint + delta_m, self.ws_low, self.ws_high)
-        tcp = self.tcp_position()
-        lag = setpoint - tcp
-        lag_norm = float(np.linalg.norm(lag))
-        if lag_norm > self.max_lag_m:
-            setpoint = tcp + lag * (self.max_lag_m / lag_norm)
-        self._tcp_setpoint = setpoint
+        setpoint = np.clip(self.tcp_position() + delta_m, self.ws_low, self.ws_high)
         q = self.sim.inverse_kinematics(
             self.name, self.ee_idx, setpoint + self._tcp_to_link, self._down, self.ik_iterations
         )[self._ik_columns]

@@ -9,6 +9,8 @@ import xml.etree.ElementTree as ET
 from importlib.resources import files
 from pathlib import Path
 
+import numpy as np
+
 
 def data_root(root: str) -> Path:
     """Directory holding URDFs for a data root name ("pybullet_data" or "factoryfloor")."""
@@ -41,38 +43,73 @@ def _resolve_mesh(filename: str, urdf_dir: Path) -> str:
     return str((urdf_dir / filename).resolve())
 
 
-def lowpoly_urdf(urdf: Path, cache_dir: Path | None = None) -> Path:
-    """Write (once) a copy of ``urdf`` whose visual meshes are its collision meshes.
+BoxOverride = tuple[tuple[float, float, float], tuple[float, float, float]]
 
-    Collision meshes of the arms in pybullet_data have 100-1,000 triangles per link, against
-    10,000-20,000 for the visual ones, which makes TinyRenderer about ten times faster at camera
-    resolutions while keeping every link's silhouette. Mesh paths are made absolute. The file is
-    written atomically and cached by content hash.
 
-    Args:
-        urdf: Source URDF.
-        cache_dir: Where to write the variant (default: the system temp dir).
+def robot_urdf(
+    urdf: Path,
+    lowpoly: bool = False,
+    collision_boxes: dict[str, BoxOverride] | None = None,
+    cache_dir: Path | None = None,
+) -> Path:
+    """Write (once) a variant of ``urdf`` adapted for simulation; return its path.
 
-    Returns:
-        Path of the low-poly URDF.
+    * ``lowpoly``: visual meshes become the collision meshes. Collision meshes of the arms in
+      pybullet_data have 100-1,000 triangles per link against 10,000-20,000 for the visual
+      ones, which makes TinyRenderer about ten times faster at camera resolutions.
+    * ``collision_boxes``: link name -> (size (m), centre (m)) of a box that replaces the link's
+      collision geometry, the centre given in the frame of the original collision element.
+      Used for finger pads: a convex finger mesh touches a part at one point, a box face at
+      four, which is what keeps a parallel grasp from pivoting.
+
+    Mesh paths are made absolute; the file is written atomically and cached by content hash.
     """
+    boxes = collision_boxes or {}
+    if not lowpoly and not boxes:
+        return urdf
     text = urdf.read_bytes()
-    digest = hashlib.sha256(text + str(urdf).encode()).hexdigest()[:16]
+    key = text + str(urdf).encode() + repr((lowpoly, sorted(boxes.items()))).encode()
     out_dir = cache_dir or Path(tempfile.gettempdir()) / "factoryfloor-urdf"
-    out = out_dir / f"{urdf.stem}-lowpoly-{digest}.urdf"
+    out = out_dir / f"{urdf.stem}-{hashlib.sha256(key).hexdigest()[:16]}.urdf"
     if out.exists():
         return out
-    tree = ET.ElementTree(ET.fromstring(text))
-    for link in tree.getroot().iter("link"):
-        _swap_visuals(link, urdf.parent)
-    for mesh in tree.getroot().iter("mesh"):
+    root = ET.fromstring(text)
+    for link in root.iter("link"):
+        if lowpoly:
+            _swap_visuals(link, urdf.parent)
+        if link.get("name") in boxes:
+            _replace_collision(link, *boxes[link.get("name", "")])
+    for mesh in root.iter("mesh"):
         mesh.set("filename", _resolve_mesh(mesh.get("filename", ""), urdf.parent))
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
     with os.fdopen(fd, "wb") as fh:
-        tree.write(fh)
+        ET.ElementTree(root).write(fh)
     os.replace(tmp, out)
     return out
+
+
+def _rpy_matrix(rpy: list[float]) -> np.ndarray:
+    """Rotation matrix of URDF roll-pitch-yaw angles (rad), fixed axes x, y, z."""
+    r, p, y = rpy
+    rx = np.array([[1, 0, 0], [0, np.cos(r), -np.sin(r)], [0, np.sin(r), np.cos(r)]])
+    ry = np.array([[np.cos(p), 0, np.sin(p)], [0, 1, 0], [-np.sin(p), 0, np.cos(p)]])
+    rz = np.array([[np.cos(y), -np.sin(y), 0], [np.sin(y), np.cos(y), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _replace_collision(link: ET.Element, size: tuple[float, ...], centre: tuple[float, ...]) -> None:
+    """Replace the collision geometry of ``link`` by one box (size and centre in m)."""
+    old = link.find("collision")
+    origin = old.find("origin") if old is not None else None
+    xyz = [float(v) for v in (origin.get("xyz", "0 0 0") if origin is not None else "0 0 0").split()]
+    rpy = [float(v) for v in (origin.get("rpy", "0 0 0") if origin is not None else "0 0 0").split()]
+    for c in link.findall("collision"):
+        link.remove(c)
+    xyz_new = np.asarray(xyz) + _rpy_matrix(rpy) @ np.asarray(centre)
+    col = ET.SubElement(link, "collision")
+    ET.SubElement(col, "origin", xyz=" ".join(f"{v:.6g}" for v in xyz_new), rpy=" ".join(f"{v:.6g}" for v in rpy))
+    ET.SubElement(ET.SubElement(col, "geometry"), "box", size=" ".join(f"{v:.6g}" for v in size))
 
 
 def _swap_visuals(link: ET.Element, urdf_dir: Path) -> None:
