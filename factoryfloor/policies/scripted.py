@@ -37,7 +37,13 @@ class ScriptedExpert(ABC):
     def _next(self, phase: int) -> None:
         self.phase, self.phase_steps = phase, 0
 
-    def move(self, tcp: np.ndarray, target: np.ndarray, grip: float, feedforward: np.ndarray | None = None) -> np.ndarray:
+    def move(
+        self,
+        tcp: np.ndarray,
+        target: np.ndarray,
+        grip: float,
+        feedforward: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Action taking the TCP toward ``target`` (m) at most one step, with a gripper command."""
         delta = target - tcp + (feedforward if feedforward is not None else 0.0)
         return np.append(np.clip(delta / self.max_step, -1.0, 1.0), grip).astype(np.float32)
@@ -152,7 +158,9 @@ class ConveyorPickExpert(PickPlaceExpert):
         if self.chosen is None or self.phase == 0:
             y = states[:, 1]
             ok = (y > self.reach_y_m[0]) & (y < self.reach_y_m[1])
-            self.chosen = int(np.argmax(np.where(ok, y, -np.inf))) if ok.any() else int(np.argmax(y))
+            self.chosen = (
+                int(np.argmax(np.where(ok, y, -np.inf))) if ok.any() else int(np.argmax(y))
+            )
         return states[self.chosen, :3], states[self.chosen, 3:]
 
 

@@ -31,6 +31,7 @@ def panda() -> RobotSpec:
             closed_position=0.0,
             force=100.0,
             max_speed=0.15,
+            gear_coupled=("panda_finger_joint2",),
             finger_links=("panda_leftfinger", "panda_rightfinger"),
         ),
         limits=_LIMITS,

@@ -50,6 +50,10 @@ class GripperSpec:
         closed_position: Drive position when fully closed (m or rad).
         force: Motor force or torque per joint (N or N m).
         finger_links: Names of the links that touch the part (for friction settings).
+        gear_coupled: Joints that follow the first joint through a gear constraint instead of a
+            motor of their own (mechanically linked fingers, such as the Panda's); the rest
+            are motor-driven. Coupling the two sides keeps a grasped part from sliding along
+            the closing axis.
         max_speed: Largest speed of the drive position (m/s or rad/s); commands are rate-limited
             to it, as a real gripper's controller does, so that fingers close on parts gently.
     """
@@ -61,10 +65,15 @@ class GripperSpec:
     force: float
     finger_links: tuple[str, ...]
     max_speed: float
+    gear_coupled: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_speed <= 0:
             raise ValueError("GripperSpec.max_speed must be positive")
+        if not set(self.gear_coupled) <= set(self.joints[1:]):
+            raise ValueError(
+                "GripperSpec.gear_coupled must name gripper joints other than the first"
+            )
         if len(self.joints) != len(self.multipliers):
             raise ValueError("GripperSpec needs one multiplier per joint")
         if not self.joints:
@@ -119,8 +128,8 @@ class RobotSpec:
     control_modes: tuple[str, ...] = CONTROL_MODES
     max_ee_step_m: float = 0.05
     max_joint_step_rad: float = 0.1
-    collision_boxes: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = field(
-        default_factory=dict
+    collision_boxes: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = (
+        field(default_factory=dict)
     )
     position_gain: float = 0.3
     base_position: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -135,10 +144,14 @@ class RobotSpec:
             )
         for joint, q, lim in zip(self.arm_joints, self.home, self.limits, strict=True):
             if not lim.lower <= q <= lim.upper:
-                raise ValueError(f"{self.name}: home of {joint}={q} outside [{lim.lower}, {lim.upper}]")
+                raise ValueError(
+                    f"{self.name}: home of {joint}={q} outside [{lim.lower}, {lim.upper}]"
+                )
         unknown = set(self.control_modes) - set(CONTROL_MODES)
         if unknown:
-            raise ValueError(f"{self.name}: unknown control modes {sorted(unknown)}; use {CONTROL_MODES}")
+            raise ValueError(
+                f"{self.name}: unknown control modes {sorted(unknown)}; use {CONTROL_MODES}"
+            )
         if self.data_root not in ("pybullet_data", "factoryfloor"):
             raise ValueError("data_root must be 'pybullet_data' or 'factoryfloor'")
 

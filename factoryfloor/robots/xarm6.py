@@ -37,7 +37,7 @@ def xarm6() -> RobotSpec:
         data_root="pybullet_data",
         arm_joints=tuple(f"joint{i}" for i in range(1, 7)),
         ee_link="xarm_gripper_base_link",
-        tcp_offset_m=(0.0, 0.0, 0.16),
+        tcp_offset_m=(0.0, 0.0, 0.148),
         gripper=GripperSpec(
             joints=_GRIPPER_JOINTS,
             multipliers=(1.0,) * len(_GRIPPER_JOINTS),
@@ -45,10 +45,16 @@ def xarm6() -> RobotSpec:
             closed_position=0.85,
             force=20.0,
             max_speed=3.0,
+            gear_coupled=("right_outer_knuckle_joint",),
             finger_links=("left_finger", "right_finger"),
         ),
         limits=_LIMITS,
         home=(0.0, -0.2, -1.0, 0.0, 1.2, 0.0),
         ee_down_quaternion=(1.0, 0.0, 0.0, 0.0),
+        # Finger pads as boxes on the inner faces (the convex finger mesh touches at one point).
+        collision_boxes={
+            "left_finger": ((0.032, 0.01, 0.03), (0.0, -0.021, 0.046)),
+            "right_finger": ((0.032, 0.01, 0.03), (0.0, 0.021, 0.046)),
+        },
         base_position=(-0.1, 0.0, 0.0),
     )

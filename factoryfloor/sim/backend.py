@@ -40,7 +40,9 @@ class PhysicsConfig:
 
     def __post_init__(self) -> None:
         if self.timestep_s <= 0 or self.substeps < 1 or self.solver_iterations < 1:
-            raise ValueError("timestep_s > 0, substeps >= 1 and solver_iterations >= 1 are required")
+            raise ValueError(
+                "timestep_s > 0, substeps >= 1 and solver_iterations >= 1 are required"
+            )
 
     @property
     def control_dt_s(self) -> float:
@@ -178,7 +180,11 @@ class PyBullet:
         kind = _SHAPES[shape]
         kwargs = _shape_kwargs(shape, size)
         visual = self.client.createVisualShape(kind, rgbaColor=list(rgba), **kwargs)
-        collision = self.client.createCollisionShape(kind, **_collision_kwargs(shape, size)) if collide else -1
+        collision = (
+            self.client.createCollisionShape(kind, **_collision_kwargs(shape, size))
+            if collide
+            else -1
+        )
         body = self.client.createMultiBody(mass, collision, visual, list(position))
         return self._register(name, body)
 
@@ -195,7 +201,10 @@ class PyBullet:
         return np.asarray(self.client.getBaseVelocity(self._bodies[name])[0])
 
     def set_base_pose(
-        self, name: str, position: np.ndarray, orientation: np.ndarray | tuple[float, ...] = (0, 0, 0, 1)
+        self,
+        name: str,
+        position: np.ndarray,
+        orientation: np.ndarray | tuple[float, ...] = (0, 0, 0, 1),
     ) -> None:
         """Teleport a body (only for resets) and zero its velocity."""
         body = self._bodies[name]
@@ -214,7 +223,9 @@ class PyBullet:
     def set_color(self, name: str, rgba: tuple[float, ...], link: str | None = None) -> None:
         """Colour a body's base or named link."""
         body = self._bodies[name]
-        self.client.changeVisualShape(body, self.link_index(name, link) if link else -1, rgbaColor=list(rgba))
+        self.client.changeVisualShape(
+            body, self.link_index(name, link) if link else -1, rgbaColor=list(rgba)
+        )
 
     def contact_count(self, a: str, b: str) -> int:
         """Number of contact points between two bodies after the last step."""
@@ -253,11 +264,21 @@ class PyBullet:
             self.client.resetJointState(body, j, float(q), 0.0)
 
     def control_joints(
-        self, name: str, joints: list[int], targets: np.ndarray, forces: np.ndarray, gains: list[float]
+        self,
+        name: str,
+        joints: list[int],
+        targets: np.ndarray,
+        forces: np.ndarray,
+        gains: list[float],
     ) -> None:
         """Position-control joints towards targets with maximum forces (N m or N) and gains."""
         self.client.setJointMotorControlArray(
-            self._bodies[name], joints, pb.POSITION_CONTROL, targetPositions=targets, forces=forces, positionGains=gains
+            self._bodies[name],
+            joints,
+            pb.POSITION_CONTROL,
+            targetPositions=targets,
+            forces=forces,
+            positionGains=gains,
         )
 
     def control_velocity(self, name: str, joint: int, velocity: float, force: float) -> None:
@@ -276,18 +297,24 @@ class PyBullet:
         velocity = self.client.getJointState(body, joint)[1]
         self.client.resetJointState(body, joint, position, velocity)
 
-    def couple_joints(self, name: str, driver: int, follower: int, ratio: float, max_force: float) -> None:
+    def couple_joints(
+        self, name: str, driver: int, follower: int, ratio: float, max_force: float
+    ) -> None:
         """Gear-couple two joints so that q_follower = ratio * q_driver; frees the follower's motor.
 
         Models mechanical couplings that URDF can only state as ``<mimic>`` (a Panda's fingers,
         an xArm gripper's linkage); ``max_force`` (N or N m) bounds the coupling effort.
         """
         body = self._bodies[name]
-        cid = self.client.createConstraint(body, driver, body, follower, pb.JOINT_GEAR, [1, 0, 0], [0, 0, 0], [0, 0, 0])
+        cid = self.client.createConstraint(
+            body, driver, body, follower, pb.JOINT_GEAR, [1, 0, 0], [0, 0, 0], [0, 0, 0]
+        )
         self.client.changeConstraint(cid, gearRatio=-1.0 / ratio, erp=0.1, maxForce=max_force)
         self.client.setJointMotorControl2(body, follower, pb.VELOCITY_CONTROL, force=0.0)
 
-    def get_link_pose_velocity(self, name: str, link: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def get_link_pose_velocity(
+        self, name: str, link: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """World position (m), orientation (x, y, z, w) and linear velocity (m/s) of a link."""
         state = self.client.getLinkState(self._bodies[name], link, computeLinkVelocity=1)
         return np.asarray(state[4]), np.asarray(state[5]), np.asarray(state[6])
@@ -317,7 +344,11 @@ class PyBullet:
         """
         return np.asarray(
             self.client.calculateInverseKinematics(
-                self._bodies[name], link, list(position), list(orientation), maxNumIterations=iterations
+                self._bodies[name],
+                link,
+                list(position),
+                list(orientation),
+                maxNumIterations=iterations,
             )
         )
 
@@ -325,7 +356,9 @@ class PyBullet:
         self, position: np.ndarray, orientation: np.ndarray, offset: tuple[float, float, float]
     ) -> np.ndarray:
         """World coordinates of ``offset`` given in a frame at (position, orientation)."""
-        return np.asarray(self.client.multiplyTransforms(position, orientation, offset, (0, 0, 0, 1))[0])
+        return np.asarray(
+            self.client.multiplyTransforms(position, orientation, offset, (0, 0, 0, 1))[0]
+        )
 
     # ----------------------------------------------------------------- camera
     def render(
@@ -350,11 +383,15 @@ class PyBullet:
         zb = np.asarray(zbuf, dtype=np.float32).reshape(height, width) if depth else None
         return rgb, zb
 
-    def view_matrix(self, eye: np.ndarray, target: np.ndarray, up: tuple[float, float, float]) -> list[float]:
+    def view_matrix(
+        self, eye: np.ndarray, target: np.ndarray, up: tuple[float, float, float]
+    ) -> list[float]:
         """OpenGL view matrix (column-major, 16 floats) looking from ``eye`` at ``target`` (m)."""
         return list(self.client.computeViewMatrix(list(eye), list(target), list(up)))
 
-    def projection_matrix(self, fov_deg: float, aspect: float, near_m: float, far_m: float) -> list[float]:
+    def projection_matrix(
+        self, fov_deg: float, aspect: float, near_m: float, far_m: float
+    ) -> list[float]:
         """OpenGL projection matrix (16 floats) for a vertical field of view in degrees."""
         return list(self.client.computeProjectionMatrixFOV(fov_deg, aspect, near_m, far_m))
 

@@ -47,7 +47,9 @@ class Camera:
 
     def reset(self, rng: np.random.Generator | None, jitter_m: float) -> None:
         """Place the eye at its nominal position plus a uniform offset of +-``jitter_m`` (m)."""
-        offset = rng.uniform(-jitter_m, jitter_m, size=3) if rng is not None and jitter_m > 0 else 0.0
+        offset = (
+            rng.uniform(-jitter_m, jitter_m, size=3) if rng is not None and jitter_m > 0 else 0.0
+        )
         self._eye = np.asarray(self.config.eye_m) + offset
         self._view = self._compute_view()
 
@@ -55,12 +57,16 @@ class Camera:
         key = (width, height)
         if key not in self._projections:
             cfg = self.config
-            self._projections[key] = self.sim.projection_matrix(cfg.fov_deg, width / height, cfg.near_m, cfg.far_m)
+            self._projections[key] = self.sim.projection_matrix(
+                cfg.fov_deg, width / height, cfg.near_m, cfg.far_m
+            )
         return self._projections[key]
 
     def rgb(self, width: int, height: int) -> np.ndarray:
         """RGB image, uint8 of shape (height, width, 3)."""
-        return self.sim.render(width, height, self._view, self._projection(width, height), depth=False)[0]
+        return self.sim.render(
+            width, height, self._view, self._projection(width, height), depth=False
+        )[0]
 
     def rgbd(self, width: int, height: int) -> np.ndarray:
         """RGB plus depth as a 4th channel, uint8 of shape (height, width, 4).
@@ -68,7 +74,9 @@ class Camera:
         Depth is the metric distance along the optical axis mapped linearly from
         [near_m, far_m] to [0, 255].
         """
-        rgb, zbuf = self.sim.render(width, height, self._view, self._projection(width, height), depth=True)
+        rgb, zbuf = self.sim.render(
+            width, height, self._view, self._projection(width, height), depth=True
+        )
         assert zbuf is not None
         near, far = self.config.near_m, self.config.far_m
         depth_m = far * near / (far - (far - near) * zbuf)

@@ -61,7 +61,18 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         render_mode: str | None = None,
         physics: PhysicsConfig | None = None,
     ) -> None:
-        EzPickle.__init__(self, task, robot, control, reward, obs_mode, image_size, randomize, render_mode, physics)
+        EzPickle.__init__(
+            self,
+            task,
+            robot,
+            control,
+            reward,
+            obs_mode,
+            image_size,
+            randomize,
+            render_mode,
+            physics,
+        )
         _check_choice("obs_mode", obs_mode, OBS_MODES)
         _check_choice("render_mode", render_mode, [None, *self.metadata["render_modes"]])
         self.obs_mode, self.image_size, self.render_mode = obs_mode, image_size, render_mode
@@ -75,7 +86,12 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
             np.asarray(task_cls.workspace_high),
             lowpoly=obs_mode != "state",
         )
-        self.task = task_cls(self.sim, RobotHooks(self.robot.tcp_position, self.robot.gripper_opening), reward, randomize)
+        self.task = task_cls(
+            self.sim,
+            RobotHooks(self.robot.tcp_position, self.robot.gripper_opening),
+            reward,
+            randomize,
+        )
         self.camera = Camera(self.sim, CameraConfig())
         self.action_space = self.robot.action_space
         self.observation_space = self._make_observation_space()
@@ -93,12 +109,16 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         }
         channels = OBS_MODES[self.obs_mode]
         if channels:
-            box["image"] = spaces.Box(0, 255, shape=(self.image_size, self.image_size, channels), dtype=np.uint8)
+            box["image"] = spaces.Box(
+                0, 255, shape=(self.image_size, self.image_size, channels), dtype=np.uint8
+            )
         return spaces.Dict(box)
 
     def _get_obs(self) -> dict[str, np.ndarray]:
         obs = {
-            "observation": np.concatenate([self.robot.get_obs(), self.task.get_obs()]).astype(np.float32),
+            "observation": np.concatenate([self.robot.get_obs(), self.task.get_obs()]).astype(
+                np.float32
+            ),
             "achieved_goal": self.task.achieved_goal().astype(np.float32),
             "desired_goal": self.task.desired_goal().astype(np.float32),
         }
@@ -119,13 +139,19 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         jitter = self.task.ranges.camera_jitter_m if self.task.randomize else 0.0
         self.camera.reset(self.np_random, jitter)
         obs = self._get_obs()
-        return obs, {"is_success": bool(self.task.is_success(obs["achieved_goal"], obs["desired_goal"]))}
+        return obs, {
+            "is_success": bool(self.task.is_success(obs["achieved_goal"], obs["desired_goal"]))
+        }
 
-    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         """Apply an action for one control step; terminates on success."""
         action = np.asarray(action)
         if action.shape != self.action_space.shape:
-            raise ValueError(f"action must have shape {self.action_space.shape}, got {action.shape}")
+            raise ValueError(
+                f"action must have shape {self.action_space.shape}, got {action.shape}"
+            )
         self.robot.set_action(action)
         self.sim.step()
         self.task.after_step()
@@ -136,12 +162,14 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
             self.render()
         return obs, reward, success, False, {"is_success": success}
 
-    def compute_reward(self, achieved_goal: np.ndarray, desired_goal: np.ndarray, info: Any) -> np.ndarray:
+    def compute_reward(
+        self, achieved_goal: np.ndarray, desired_goal: np.ndarray, info: Any
+    ) -> np.ndarray:
         """Vectorised reward for HER; shapes (..., 3) -> (...)."""
         return self.task.compute_reward(achieved_goal, desired_goal, info)
 
     def render(self) -> np.ndarray | None:
-        """"rgb_array": a (360, 480, 3) uint8 frame of the cell camera; "human": real-time pacing."""
+        """ "rgb_array": a (360, 480, 3) uint8 frame of the cell camera; "human": real-time pacing."""
         if self.render_mode == "rgb_array":
             return self.camera.rgb(*RENDER_SIZE)
         if self.render_mode == "human":

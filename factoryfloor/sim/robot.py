@@ -47,28 +47,43 @@ class Arm:
         name: str = "robot",
     ) -> None:
         if control not in spec.control_modes:
-            raise ValueError(f"robot {spec.name!r} supports control {spec.control_modes}, not {control!r}")
+            raise ValueError(
+                f"robot {spec.name!r} supports control {spec.control_modes}, not {control!r}"
+            )
         self.sim, self.spec, self.control, self.name = sim, spec, control, name
         self.ws_low, self.ws_high = np.asarray(workspace_low), np.asarray(workspace_high)
         self.ik_iterations = ik_iterations
         urdf = data_root(spec.data_root) / spec.urdf
-        sim.load_urdf(name, robot_urdf(urdf, lowpoly, spec.collision_boxes), spec.base_position, fixed=True)
+        sim.load_urdf(
+            name, robot_urdf(urdf, lowpoly, spec.collision_boxes), spec.base_position, fixed=True
+        )
         self.arm_idx = [sim.joint_index(name, j) for j in spec.arm_joints]
         self.grip_idx = [sim.joint_index(name, j) for j in spec.gripper.joints]
         self.ee_idx = sim.link_index(name, spec.ee_link)
         movable = sim.movable_joints(name)
         self._ik_columns = [movable.index(j) for j in self.arm_idx]
         self._arm_forces = np.array([lim.effort for lim in spec.limits])
-        self._grip_forces = np.array([spec.gripper.force])
         self._arm_gains = [spec.position_gain] * spec.n_arm
-        self._grip_gains = [spec.position_gain]
         self._down = np.asarray(spec.ee_down_quaternion)
         self._tcp_to_link = -sim.transform_point(np.zeros(3), self._down, spec.tcp_offset_m)
         self._q_target = np.asarray(spec.home, dtype=np.float64)
         self._grip_drive = spec.gripper.drive(1.0)
-        mult = spec.gripper.multipliers
-        for joint, m in zip(self.grip_idx[1:], mult[1:], strict=True):  # mimic joints follow the drive
-            sim.couple_joints(name, self.grip_idx[0], joint, m / mult[0], 10.0 * spec.gripper.force)
+        g = spec.gripper
+        for joint, m in zip(g.joints[1:], g.multipliers[1:], strict=True):
+            if joint in g.gear_coupled:
+                sim.couple_joints(
+                    name,
+                    self.grip_idx[0],
+                    sim.joint_index(name, joint),
+                    m / g.multipliers[0],
+                    10 * g.force,
+                )
+        self._grip_motor_cols = [i for i, j in enumerate(g.joints) if j not in g.gear_coupled]
+        self._grip_motors = len(self._grip_motor_cols)
+        # The drive squeezes with the rated force; motor-driven mimic joints model a rigid
+        # linkage, so they get ten times as much to hold the fingers parallel.
+        self._grip_forces = np.array([g.force] + [10 * g.force] * (self._grip_motors - 1))
+        self._grip_gains = [spec.position_gain] * self._grip_motors
         for link in spec.gripper.finger_links:
             sim.set_dynamics(name, link, lateralFriction=1.0, spinningFriction=0.01)
         for link, rgba in spec.link_colors.items():
@@ -92,8 +107,10 @@ class Arm:
         self._grip_drive = self.spec.gripper.drive(1.0)
         grip = self.spec.gripper.targets(self._grip_drive)
         self.sim.reset_joints(self.name, self.grip_idx, grip)
-        self.sim.control_joints(self.name, self.arm_idx, self._q_target, self._arm_forces, self._arm_gains)
-        self.sim.control_joints(self.name, self.grip_idx[:1], grip[:1], self._grip_forces, self._grip_gains)
+        self.sim.control_joints(
+            self.name, self.arm_idx, self._q_target, self._arm_forces, self._arm_gains
+        )
+        self._control_gripper(grip)
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Controller state (joint targets, gripper drive) for save/restore."""
@@ -115,16 +132,28 @@ class Arm:
         else:
             q = self._q_target + action[:-1] * self.spec.max_joint_step_rad
             self._q_target = np.clip(q, self.spec.lower, self.spec.upper)
-        self.sim.control_joints(self.name, self.arm_idx, self._q_target, self._arm_forces, self._arm_gains)
+        self.sim.control_joints(
+            self.name, self.arm_idx, self._q_target, self._arm_forces, self._arm_gains
+        )
         self._grip_drive = self._rate_limited_drive(0.5 * (action[-1] + 1.0))
         grip = self.spec.gripper.targets(self._grip_drive)
-        self.sim.control_joints(self.name, self.grip_idx[:1], grip[:1], self._grip_forces, self._grip_gains)
+        self._control_gripper(grip)
+
+    def _control_gripper(self, targets: np.ndarray) -> None:
+        """Send joint targets (m or rad) to the motor-driven gripper joints."""
+        cols = self._grip_motor_cols
+        joints = [self.grip_idx[c] for c in cols]
+        self.sim.control_joints(
+            self.name, joints, targets[cols], self._grip_forces, self._grip_gains
+        )
 
     def _rate_limited_drive(self, opening: float) -> float:
         """Next gripper drive position, moving toward ``opening`` at most at max_speed."""
         g = self.spec.gripper
         max_step = g.max_speed * self.sim.physics.control_dt_s
-        return self._grip_drive + float(np.clip(g.drive(opening) - self._grip_drive, -max_step, max_step))
+        return self._grip_drive + float(
+            np.clip(g.drive(opening) - self._grip_drive, -max_step, max_step)
+        )
 
     def _ee_targets(self, delta_m: np.ndarray) -> np.ndarray:
         """Arm joint targets (rad) moving the TCP by ``delta_m`` (m, world) from where it is.
@@ -141,7 +170,11 @@ class Arm:
     def tcp_position(self) -> np.ndarray:
         """TCP position (m, world frame), shape (3,)."""
         pos, orn, _ = self.sim.get_link_pose_velocity(self.name, self.ee_idx)
-        return self.sim.transform_point(pos, orn, self.spec.tcp_offset_m) if any(self.spec.tcp_offset_m) else pos
+        return (
+            self.sim.transform_point(pos, orn, self.spec.tcp_offset_m)
+            if any(self.spec.tcp_offset_m)
+            else pos
+        )
 
     def gripper_opening(self) -> float:
         """Gripper opening in [0, 1] (0 closed, 1 open), from the first gripper joint."""

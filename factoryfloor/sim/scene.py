@@ -32,7 +32,9 @@ PART_COLORS: tuple[tuple[float, float, float, float], ...] = (
 
 def add_table(sim: PyBullet) -> None:
     """Work table whose top surface is the plane z = 0, centred at x = 0.3 m, and a floor."""
-    sim.create_shape("floor", "box", (3.0, 3.0, 0.01), (0.3, 0.0, -0.76), rgba=(0.35, 0.35, 0.33, 1.0))
+    sim.create_shape(
+        "floor", "box", (3.0, 3.0, 0.01), (0.3, 0.0, -0.76), rgba=(0.35, 0.35, 0.33, 1.0)
+    )
     sim.load_urdf("table", asset_path("table.urdf"), (0.3, 0.0, TABLE_TOP_Z_M), fixed=True)
 
 
@@ -55,7 +57,9 @@ def add_part(sim: PyBullet, name: str, shape: str, position: np.ndarray, color_i
 
 def add_goal_marker(sim: PyBullet, name: str, radius_m: float) -> None:
     """A translucent green sphere without collision, for showing goals."""
-    sim.create_shape(name, "sphere", (radius_m,), (0.0, 0.0, -1.0), rgba=(0.1, 0.9, 0.1, 0.4), collide=False)
+    sim.create_shape(
+        name, "sphere", (radius_m,), (0.0, 0.0, -1.0), rgba=(0.1, 0.9, 0.1, 0.4), collide=False
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

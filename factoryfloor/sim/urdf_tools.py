@@ -98,24 +98,39 @@ def _rpy_matrix(rpy: list[float]) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def _replace_collision(link: ET.Element, size: tuple[float, ...], centre: tuple[float, ...]) -> None:
+def _replace_collision(
+    link: ET.Element, size: tuple[float, ...], centre: tuple[float, ...]
+) -> None:
     """Replace the collision geometry of ``link`` by one box (size and centre in m)."""
     old = link.find("collision")
     origin = old.find("origin") if old is not None else None
-    xyz = [float(v) for v in (origin.get("xyz", "0 0 0") if origin is not None else "0 0 0").split()]
-    rpy = [float(v) for v in (origin.get("rpy", "0 0 0") if origin is not None else "0 0 0").split()]
+    xyz = [
+        float(v) for v in (origin.get("xyz", "0 0 0") if origin is not None else "0 0 0").split()
+    ]
+    rpy = [
+        float(v) for v in (origin.get("rpy", "0 0 0") if origin is not None else "0 0 0").split()
+    ]
     for c in link.findall("collision"):
         link.remove(c)
     xyz_new = np.asarray(xyz) + _rpy_matrix(rpy) @ np.asarray(centre)
     col = ET.SubElement(link, "collision")
-    ET.SubElement(col, "origin", xyz=" ".join(f"{v:.6g}" for v in xyz_new), rpy=" ".join(f"{v:.6g}" for v in rpy))
+    ET.SubElement(
+        col,
+        "origin",
+        xyz=" ".join(f"{v:.6g}" for v in xyz_new),
+        rpy=" ".join(f"{v:.6g}" for v in rpy),
+    )
     ET.SubElement(ET.SubElement(col, "geometry"), "box", size=" ".join(f"{v:.6g}" for v in size))
 
 
 def _swap_visuals(link: ET.Element, urdf_dir: Path) -> None:
     """Replace the mesh of each visual of ``link`` with its first collision mesh."""
     collision_mesh = next(
-        (c.find("geometry/mesh") for c in link.findall("collision") if c.find("geometry/mesh") is not None),
+        (
+            c.find("geometry/mesh")
+            for c in link.findall("collision")
+            if c.find("geometry/mesh") is not None
+        ),
         None,
     )
     if collision_mesh is None:

@@ -114,7 +114,9 @@ class Task(ABC):
             return np.all(np.abs(achieved - desired) <= np.asarray(self.goal_box_half_m), axis=-1)
         return np.linalg.norm(achieved - desired, axis=-1) < self.distance_threshold_m
 
-    def compute_reward(self, achieved: np.ndarray, desired: np.ndarray, info: Any = None) -> np.ndarray:
+    def compute_reward(
+        self, achieved: np.ndarray, desired: np.ndarray, info: Any = None
+    ) -> np.ndarray:
         """Vectorised reward (HER-compatible); shapes (..., 3) -> (...) float32."""
         if self.reward_type == "sparse":
             return -(~self.is_success(achieved, desired)).astype(np.float32)

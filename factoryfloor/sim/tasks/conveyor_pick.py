@@ -45,7 +45,8 @@ class ConveyorPickTask(Task):
         add_bin(self.sim, "bin", np.array([0.26, 0.28, 0.0]))
         self.shapes = sorted(PART_SHAPES)
         self.half_heights = [
-            add_part(self.sim, f"part_{i}", s, np.array([-0.2, 0.1 * i, 0.05]), i) for i, s in enumerate(self.shapes)
+            add_part(self.sim, f"part_{i}", s, np.array([-0.2, 0.1 * i, 0.05]), i)
+            for i, s in enumerate(self.shapes)
         ]
         self.parts = [f"part_{i}" for i in range(len(self.shapes))]
         add_goal_marker(self.sim, "target", 0.02)
@@ -64,7 +65,9 @@ class ConveyorPickTask(Task):
             self._place_on_belt(rng, int(k), x0 + rng.uniform(-0.05, 0.05), y, speed)
             y -= rng.uniform(0.12, 0.22)
 
-    def _place_on_belt(self, rng: np.random.Generator, k: int, x: float, y: float, speed: float) -> None:
+    def _place_on_belt(
+        self, rng: np.random.Generator, k: int, x: float, y: float, speed: float
+    ) -> None:
         yaw = rng.uniform(0.0, 2 * np.pi)
         quat = (0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2))
         name = self.parts[k]
@@ -72,7 +75,9 @@ class ConveyorPickTask(Task):
         self.sim.set_base_velocity(name, np.array([0.0, speed, 0.0]))
         if self.randomize:
             mass = 0.1 * self.uniform(rng, self.ranges.mass_scale)
-            self.sim.set_dynamics(name, mass=mass, lateralFriction=self.uniform(rng, self.ranges.friction))
+            self.sim.set_dynamics(
+                name, mass=mass, lateralFriction=self.uniform(rng, self.ranges.friction)
+            )
 
     def after_step(self) -> None:
         """Keep the belt running."""
@@ -89,7 +94,9 @@ class ConveyorPickTask(Task):
     def get_obs(self) -> np.ndarray:
         """Positions (m) and velocities (m/s) of the parts, then the belt speed (m/s)."""
         velocities = np.array([self.sim.get_base_velocity(p) for p in self.parts])
-        return np.concatenate([np.hstack([self._positions(), velocities]).ravel(), [self.conveyor.speed_m_s]])
+        return np.concatenate(
+            [np.hstack([self._positions(), velocities]).ravel(), [self.conveyor.speed_m_s]]
+        )
 
     def achieved_goal(self) -> np.ndarray:
         """Position (m) of the part nearest the goal."""

@@ -6,7 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from factoryfloor.sim.scene import BIN_FLOOR_TOP_M, PART_SHAPES, add_bin, add_goal_marker, add_part, add_table
+from factoryfloor.sim.scene import (
+    BIN_FLOOR_TOP_M,
+    PART_SHAPES,
+    add_bin,
+    add_goal_marker,
+    add_part,
+    add_table,
+)
 from factoryfloor.sim.tasks.base import Task, register_task
 
 
@@ -81,7 +88,9 @@ class PickPlaceTask(Task):
     def get_obs(self) -> np.ndarray:
         """Part position (m), linear velocity (m/s) and shape one-hot."""
         one_hot = np.array([s == self.shape for s in self.shapes], dtype=np.float64)
-        return np.concatenate([self.sim.get_base_position(self.part), self.sim.get_base_velocity(self.part), one_hot])
+        return np.concatenate(
+            [self.sim.get_base_position(self.part), self.sim.get_base_velocity(self.part), one_hot]
+        )
 
     def achieved_goal(self) -> np.ndarray:
         """Part position (m)."""
