@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from factoryfloor.sim.registry import register_envs  # noqa: E402
+from factoryfloor.sim.registry import register_envs
 
 register_envs()
 

@@ -48,7 +48,10 @@ class GripperSpec:
         multipliers: One factor per joint (mimic multiplier of the URDF).
         open_position: Drive position when fully open (m or rad).
         closed_position: Drive position when fully closed (m or rad).
-        force: Motor force or torque per joint (N or N m).
+        force: Motor force or torque of the gripper joints (N or N m).
+        linkage_force: Force or torque (N or N m) of motor-driven mimic joints that stand for a
+            rigid linkage (not the fingers' own drives); defaults to ``force``.
+        linkage_joints: Those linkage joints.
         finger_links: Names of the links that touch the part (for friction settings).
         gear_coupled: Joints that follow the first joint through a gear constraint instead of a
             motor of their own (mechanically linked fingers, such as the Panda's); the rest
@@ -63,6 +66,8 @@ class GripperSpec:
     open_position: float
     closed_position: float
     force: float
+    linkage_force: float | None = None
+    linkage_joints: tuple[str, ...] = ()
     finger_links: tuple[str, ...]
     max_speed: float
     gear_coupled: tuple[str, ...] = ()
@@ -79,9 +84,15 @@ class GripperSpec:
         if not self.joints:
             raise ValueError("GripperSpec needs at least one joint")
 
+    @property
+    def joint_forces(self) -> tuple[float, ...]:
+        """Motor force or torque limit per gripper joint (N or N m)."""
+        linkage = self.force if self.linkage_force is None else self.linkage_force
+        return tuple(linkage if j in self.linkage_joints else self.force for j in self.joints)
+
     def drive(self, opening: float) -> float:
         """Drive position (m or rad) for an opening in [0, 1] (0 closed, 1 open)."""
-        opening = float(np.clip(opening, 0.0, 1.0))
+        opening = min(max(float(opening), 0.0), 1.0)
         return self.closed_position + opening * (self.open_position - self.closed_position)
 
     def targets(self, drive: float) -> np.ndarray:

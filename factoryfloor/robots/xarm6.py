@@ -44,6 +44,14 @@ def xarm6() -> RobotSpec:
             open_position=0.0,
             closed_position=0.85,
             force=20.0,
+            # the finger and inner-knuckle joints close the four-bar: stiff, to keep pads parallel
+            linkage_force=200.0,
+            linkage_joints=(
+                "left_finger_joint",
+                "left_inner_knuckle_joint",
+                "right_finger_joint",
+                "right_inner_knuckle_joint",
+            ),
             max_speed=3.0,
             gear_coupled=("right_outer_knuckle_joint",),
             finger_links=("left_finger", "right_finger"),

@@ -3,15 +3,21 @@
 Two control modes, both relative (delta) commands per control step:
 
 * ``"ee"``: action = (dx, dy, dz, grip) in [-1, 1]; the tool centre point (TCP) moves by
-  ``action[:3] * spec.max_ee_step_m`` in the world frame with the gripper pointing down
-  (IK), clipped to the cell's workspace box.
+  ``action[:3] * spec.max_ee_step_m`` from where it is, in the world frame, with the gripper
+  pointing down (IK), clipped to the cell's workspace box.
 * ``"joints"``: action = (dq_1..dq_n, grip) in [-1, 1]; joint targets move by
   ``action[:n] * spec.max_joint_step_rad``, clipped to the joint limits.
 
-``grip`` is an absolute opening command: -1 closed, +1 fully open.
+``grip`` is an absolute opening command: -1 closed, +1 fully open; the gripper moves toward it
+at most at ``spec.gripper.max_speed``.
+
+The per-step path works on Python floats and lists: for 3- to 9-element vectors that is several
+times faster than NumPy, and pybullet converts lists faster than arrays.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from gymnasium import spaces
@@ -21,8 +27,27 @@ from factoryfloor.sim.backend import PyBullet
 from factoryfloor.sim.urdf_tools import data_root, robot_urdf
 
 
+def rotate(q: Sequence[float], v: Sequence[float]) -> list[float]:
+    """Rotate vector ``v`` (3,) by the unit quaternion ``q`` (x, y, z, w)."""
+    x, y, z, w = q
+    tx, ty, tz = 2 * (y * v[2] - z * v[1]), 2 * (z * v[0] - x * v[2]), 2 * (x * v[1] - y * v[0])
+    return [
+        v[0] + w * tx + (y * tz - z * ty),
+        v[1] + w * ty + (z * tx - x * tz),
+        v[2] + w * tz + (x * ty - y * tx),
+    ]
+
+
+def _clip(values: Sequence[float], low: Sequence[float], high: Sequence[float]) -> list[float]:
+    return [min(max(v, lo), hi) for v, lo, hi in zip(values, low, high, strict=True)]
+
+
 class Arm:
     """An arm + gripper in a PyBullet world.
+
+    Measurements (TCP position and velocity, joint positions) are read once per control step by
+    ``measure()``, which the env calls after each physics step and reset, and are reused by
+    observations and by the next action.
 
     Args:
         sim: The world.
@@ -32,6 +57,7 @@ class Arm:
         workspace_high: Upper corner of the TCP workspace box (m, world frame), shape (3,).
         lowpoly: Load collision meshes as visuals (fast camera rendering).
         ik_iterations: IK iterations per control step (warm-started from the current pose).
+        ik_damping: Damped-least-squares damping of every joint in the IK solver.
         name: Body name in ``sim``.
     """
 
@@ -40,10 +66,11 @@ class Arm:
         sim: PyBullet,
         spec: RobotSpec,
         control: str,
-        workspace_low: np.ndarray,
-        workspace_high: np.ndarray,
+        workspace_low: Sequence[float],
+        workspace_high: Sequence[float],
         lowpoly: bool = False,
-        ik_iterations: int = 5,
+        ik_iterations: int = 3,
+        ik_damping: float = 0.01,
         name: str = "robot",
     ) -> None:
         if control not in spec.control_modes:
@@ -51,7 +78,10 @@ class Arm:
                 f"robot {spec.name!r} supports control {spec.control_modes}, not {control!r}"
             )
         self.sim, self.spec, self.control, self.name = sim, spec, control, name
-        self.ws_low, self.ws_high = np.asarray(workspace_low), np.asarray(workspace_high)
+        self.ws_low, self.ws_high = (
+            [float(v) for v in workspace_low],
+            [float(v) for v in workspace_high],
+        )
         self.ik_iterations = ik_iterations
         urdf = data_root(spec.data_root) / spec.urdf
         sim.load_urdf(
@@ -62,32 +92,44 @@ class Arm:
         self.ee_idx = sim.link_index(name, spec.ee_link)
         movable = sim.movable_joints(name)
         self._ik_columns = [movable.index(j) for j in self.arm_idx]
-        self._arm_forces = np.array([lim.effort for lim in spec.limits])
-        self._arm_gains = [spec.position_gain] * spec.n_arm
-        self._down = np.asarray(spec.ee_down_quaternion)
-        self._tcp_to_link = -sim.transform_point(np.zeros(3), self._down, spec.tcp_offset_m)
-        self._q_target = np.asarray(spec.home, dtype=np.float64)
+        self._ik_damping = [ik_damping] * len(movable)
+        self._down = [float(v) for v in spec.ee_down_quaternion]
+        self._tcp_offset = [float(v) for v in spec.tcp_offset_m]
+        self._has_tcp_offset = any(self._tcp_offset)
+        self._link_from_tcp = [-v for v in rotate(self._down, self._tcp_offset)]
+        self._lower, self._upper = spec.lower.tolist(), spec.upper.tolist()
+        self._dt = sim.physics.control_dt_s
+        self._setup_gripper()
+        self._setup_motors()
+        self._q_target = [float(v) for v in spec.home]
         self._grip_drive = spec.gripper.drive(1.0)
-        g = spec.gripper
-        for joint, m in zip(g.joints[1:], g.multipliers[1:], strict=True):
-            if joint in g.gear_coupled:
-                sim.couple_joints(
-                    name,
-                    self.grip_idx[0],
-                    sim.joint_index(name, joint),
-                    m / g.multipliers[0],
-                    10 * g.force,
-                )
-        self._grip_motor_cols = [i for i, j in enumerate(g.joints) if j not in g.gear_coupled]
-        self._grip_motors = len(self._grip_motor_cols)
-        # The drive squeezes with the rated force; motor-driven mimic joints model a rigid
-        # linkage, so they get ten times as much to hold the fingers parallel.
-        self._grip_forces = np.array([g.force] + [10 * g.force] * (self._grip_motors - 1))
-        self._grip_gains = [spec.position_gain] * self._grip_motors
-        for link in spec.gripper.finger_links:
-            sim.set_dynamics(name, link, lateralFriction=1.0, spinningFriction=0.01)
+        self.tcp, self.tcp_velocity = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+        self.q, self.opening = list(self._q_target), 1.0
         for link, rgba in spec.link_colors.items():
             sim.set_color(name, rgba, link=link)
+
+    def _setup_gripper(self) -> None:
+        """Gear-couple the mimic joints listed as such; set finger friction."""
+        g = self.spec.gripper
+        for joint, m in zip(g.joints[1:], g.multipliers[1:], strict=True):
+            if joint in g.gear_coupled:
+                follower = self.sim.joint_index(self.name, joint)
+                self.sim.couple_joints(
+                    self.name, self.grip_idx[0], follower, m / g.multipliers[0], 10 * g.force
+                )
+        self._grip_motor_cols = [i for i, j in enumerate(g.joints) if j not in g.gear_coupled]
+        self._grip_multipliers = [g.multipliers[c] for c in self._grip_motor_cols]
+        for link in g.finger_links:
+            self.sim.set_dynamics(self.name, link, lateralFriction=1.0, spinningFriction=0.01)
+
+    def _setup_motors(self) -> None:
+        """One motor command list: arm joints, then the motor-driven gripper joints."""
+        g = self.spec.gripper
+        self._motor_joints = self.arm_idx + [self.grip_idx[c] for c in self._grip_motor_cols]
+        grip_forces = [g.joint_forces[c] for c in self._grip_motor_cols]
+        self._motor_forces = [lim.effort for lim in self.spec.limits] + grip_forces
+        self._motor_gains = [self.spec.position_gain] * len(self._motor_joints)
+        self._measured_joints = [*self.arm_idx, self.grip_idx[0]]
 
     @property
     def action_space(self) -> spaces.Box:
@@ -100,94 +142,108 @@ class Arm:
         """Length of ``get_obs()``."""
         return 7 + (self.spec.n_arm if self.control == "joints" else 0)
 
-    def reset(self, q: np.ndarray | None = None) -> None:
+    def reset(self, q: Sequence[float] | None = None) -> None:
         """Teleport to ``q`` (default: home), gripper open, motors holding that pose."""
-        self._q_target = np.asarray(self.spec.home if q is None else q, dtype=np.float64)
-        self.sim.reset_joints(self.name, self.arm_idx, self._q_target)
+        self._q_target = [float(v) for v in (self.spec.home if q is None else q)]
         self._grip_drive = self.spec.gripper.drive(1.0)
-        grip = self.spec.gripper.targets(self._grip_drive)
-        self.sim.reset_joints(self.name, self.grip_idx, grip)
-        self.sim.control_joints(
-            self.name, self.arm_idx, self._q_target, self._arm_forces, self._arm_gains
-        )
-        self._control_gripper(grip)
+        self.sim.reset_joints(self.name, self.arm_idx, np.asarray(self._q_target))
+        self.sim.reset_joints(self.name, self.grip_idx, self.spec.gripper.targets(self._grip_drive))
+        self._command()
+        self.measure(refresh=True)
 
-    def get_state(self) -> dict[str, np.ndarray]:
-        """Controller state (joint targets, gripper drive) for save/restore."""
+    def get_state(self) -> dict[str, object]:
+        """Controller state (targets, gripper drive) and last measurement, for save/restore."""
         return {
-            "q_target": self._q_target.copy(),
-            "grip_drive": np.array(self._grip_drive),
+            "q_target": list(self._q_target),
+            "grip_drive": self._grip_drive,
+            "measurement": (list(self.tcp), list(self.tcp_velocity), list(self.q), self.opening),
         }
 
-    def set_state(self, state: dict[str, np.ndarray]) -> None:
-        """Inverse of ``get_state``."""
-        self._q_target = state["q_target"].copy()
-        self._grip_drive = float(state["grip_drive"])
+    def set_state(self, state: dict[str, object]) -> None:
+        """Inverse of ``get_state`` (the physics having been restored); re-sends the targets."""
+        self._q_target = list(state["q_target"])  # type: ignore[call-overload]
+        self._grip_drive = float(state["grip_drive"])  # type: ignore[arg-type]
+        tcp, vel, q, opening = state["measurement"]  # type: ignore[misc]
+        self.tcp, self.tcp_velocity, self.q, self.opening = list(tcp), list(vel), list(q), opening
+        self._command()
 
     def set_action(self, action: np.ndarray) -> None:
         """Apply one control step's action (see module doc); shape (action_space.shape[0],)."""
-        action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        a = [min(max(v, -1.0), 1.0) for v in action.tolist()]
         if self.control == "ee":
-            self._q_target = self._ee_targets(action[:3] * self.spec.max_ee_step_m)
+            step = self.spec.max_ee_step_m
+            delta = [a[0] * step, a[1] * step, a[2] * step]
+            self._q_target = self._ee_targets(delta)
         else:
-            q = self._q_target + action[:-1] * self.spec.max_joint_step_rad
-            self._q_target = np.clip(q, self.spec.lower, self.spec.upper)
-        self.sim.control_joints(
-            self.name, self.arm_idx, self._q_target, self._arm_forces, self._arm_gains
-        )
-        self._grip_drive = self._rate_limited_drive(0.5 * (action[-1] + 1.0))
-        grip = self.spec.gripper.targets(self._grip_drive)
-        self._control_gripper(grip)
+            step = self.spec.max_joint_step_rad
+            q = [t + d * step for t, d in zip(self._q_target, a[:-1], strict=True)]
+            self._q_target = _clip(q, self._lower, self._upper)
+        self._grip_drive = self._rate_limited_drive(0.5 * (a[-1] + 1.0))
+        self._command()
 
-    def _control_gripper(self, targets: np.ndarray) -> None:
-        """Send joint targets (m or rad) to the motor-driven gripper joints."""
-        cols = self._grip_motor_cols
-        joints = [self.grip_idx[c] for c in cols]
+    def _command(self) -> None:
+        """Send arm and gripper position targets in one call."""
+        grip = [self._grip_drive * m for m in self._grip_multipliers]
         self.sim.control_joints(
-            self.name, joints, targets[cols], self._grip_forces, self._grip_gains
+            self.name,
+            self._motor_joints,
+            self._q_target + grip,
+            self._motor_forces,
+            self._motor_gains,
         )
 
     def _rate_limited_drive(self, opening: float) -> float:
         """Next gripper drive position, moving toward ``opening`` at most at max_speed."""
         g = self.spec.gripper
-        max_step = g.max_speed * self.sim.physics.control_dt_s
-        return self._grip_drive + float(
-            np.clip(g.drive(opening) - self._grip_drive, -max_step, max_step)
-        )
+        max_step = g.max_speed * self._dt
+        change = g.drive(opening) - self._grip_drive
+        return self._grip_drive + min(max(change, -max_step), max_step)
 
-    def _ee_targets(self, delta_m: np.ndarray) -> np.ndarray:
+    def _ee_targets(self, delta_m: list[float]) -> list[float]:
         """Arm joint targets (rad) moving the TCP by ``delta_m`` (m, world) from where it is.
 
         Relative to the measured TCP (not to an integrated setpoint), so a closed-loop policy
         never fights an integrator; the target is clipped to the workspace box.
         """
-        setpoint = np.clip(self.tcp_position() + delta_m, self.ws_low, self.ws_high)
-        q = self.sim.inverse_kinematics(
-            self.name, self.ee_idx, setpoint + self._tcp_to_link, self._down, self.ik_iterations
-        )[self._ik_columns]
-        return np.clip(q, self.spec.lower, self.spec.upper)
-
-    def tcp_position(self) -> np.ndarray:
-        """TCP position (m, world frame), shape (3,)."""
-        pos, orn, _ = self.sim.get_link_pose_velocity(self.name, self.ee_idx)
-        return (
-            self.sim.transform_point(pos, orn, self.spec.tcp_offset_m)
-            if any(self.spec.tcp_offset_m)
-            else pos
+        setpoint = _clip(
+            [p + d for p, d in zip(self.tcp, delta_m, strict=True)], self.ws_low, self.ws_high
         )
+        link_target = [p + o for p, o in zip(setpoint, self._link_from_tcp, strict=True)]
+        solution = self.sim.inverse_kinematics(
+            self.name, self.ee_idx, link_target, self._down, self.ik_iterations, self._ik_damping
+        )
+        return _clip([solution[c] for c in self._ik_columns], self._lower, self._upper)
+
+    def measure(self, refresh: bool = False) -> None:
+        """Read the TCP and joint positions once for this control step.
+
+        The TCP velocity is the mean over the last control step (finite difference), so only
+        positions are queried. ``refresh`` zeroes the velocity (after a reset, when joints were
+        teleported).
+        """
+        pos, orn = self.sim.get_link_pose(self.name, self.ee_idx)
+        if self._has_tcp_offset:
+            pos = [p + o for p, o in zip(pos, rotate(orn, self._tcp_offset), strict=True)]
+        if refresh:
+            self.tcp_velocity = [0.0, 0.0, 0.0]
+        else:
+            self.tcp_velocity = [(p - o) / self._dt for p, o in zip(pos, self.tcp, strict=True)]
+        self.tcp = list(pos)
+        q = self.sim.joint_positions(self.name, self._measured_joints)
+        self.q = q[:-1]
+        g = self.spec.gripper
+        drive = q[-1] / g.multipliers[0]
+        self.opening = (drive - g.closed_position) / (g.open_position - g.closed_position)
+
+    def tcp_position(self) -> list[float]:
+        """TCP position (m, world frame) at the last measurement, 3 floats."""
+        return self.tcp
 
     def gripper_opening(self) -> float:
-        """Gripper opening in [0, 1] (0 closed, 1 open), from the first gripper joint."""
-        g = self.spec.gripper
-        q = self.sim.get_joint_states(self.name, self.grip_idx[:1])[0][0] / g.multipliers[0]
-        return float((q - g.closed_position) / (g.open_position - g.closed_position))
+        """Gripper opening in [0, 1] (0 closed, 1 open) at the last measurement."""
+        return self.opening
 
-    def get_obs(self) -> np.ndarray:
+    def get_obs(self) -> list[float]:
         """TCP position (m, world) (3), TCP velocity (m/s) (3), gripper opening (1)[, q (rad)]."""
-        pos, orn, vel = self.sim.get_link_pose_velocity(self.name, self.ee_idx)
-        if any(self.spec.tcp_offset_m):
-            pos = self.sim.transform_point(pos, orn, self.spec.tcp_offset_m)
-        parts = [pos, vel, [self.gripper_opening()]]
-        if self.control == "joints":
-            parts.append(self.sim.get_joint_states(self.name, self.arm_idx)[0])
-        return np.concatenate(parts)
+        obs = [*self.tcp, *self.tcp_velocity, self.opening]
+        return obs + self.q if self.control == "joints" else obs

@@ -16,6 +16,7 @@ TABLE_TOP_Z_M = 0.0
 BIN_FLOOR_TOP_M = 0.01  # height of the bin's inner floor above its origin
 BIN_INNER_HALF_M = 0.09
 BELT_TOP_Z_M = 0.05
+PART_MASS_KG = 0.1  # as in the part URDFs
 
 PART_SHAPES: dict[str, tuple[str, float]] = {  # shape -> (URDF, half height in m at scale 1)
     "cube": ("part_cube.urdf", 0.02),

@@ -62,18 +62,13 @@ def robot_urdf(
       Used for finger pads: a convex finger mesh touches a part at one point, a box face at
       four, which is what keeps a parallel grasp from pivoting.
 
-    Mesh paths are made absolute; the file is written atomically and cached by content hash.
+    Mesh paths are made absolute; the file is named by the hash of its content and written
+    atomically, so concurrent processes share it safely.
     """
     boxes = collision_boxes or {}
     if not lowpoly and not boxes:
         return urdf
-    text = urdf.read_bytes()
-    key = text + str(urdf).encode() + repr((lowpoly, sorted(boxes.items()))).encode()
-    out_dir = cache_dir or Path(tempfile.gettempdir()) / "factoryfloor-urdf"
-    out = out_dir / f"{urdf.stem}-{hashlib.sha256(key).hexdigest()[:16]}.urdf"
-    if out.exists():
-        return out
-    root = ET.fromstring(text)
+    root = ET.fromstring(urdf.read_bytes())
     for link in root.iter("link"):
         if lowpoly:
             _swap_visuals(link, urdf.parent)
@@ -81,11 +76,15 @@ def robot_urdf(
             _replace_collision(link, *boxes[link.get("name", "")])
     for mesh in root.iter("mesh"):
         mesh.set("filename", _resolve_mesh(mesh.get("filename", ""), urdf.parent))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        ET.ElementTree(root).write(fh)
-    os.replace(tmp, out)
+    text = ET.tostring(root)
+    out_dir = cache_dir or Path(tempfile.gettempdir()) / "factoryfloor-urdf"
+    out = out_dir / f"{urdf.stem}-{hashlib.sha256(text).hexdigest()[:16]}.urdf"
+    if not out.exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text)
+        os.replace(tmp, out)
     return out
 
 
@@ -101,7 +100,13 @@ def _rpy_matrix(rpy: list[float]) -> np.ndarray:
 def _replace_collision(
     link: ET.Element, size: tuple[float, ...], centre: tuple[float, ...]
 ) -> None:
-    """Replace the collision geometry of ``link`` by one box (size and centre in m)."""
+    """Replace the collision geometry of ``link`` by one box (size and centre in m).
+
+    A ``<contact>`` block (soft-contact stiffness and damping) is dropped too: with it a pad
+    sinks centimetres into a part under the gripper's force instead of pressing on it.
+    """
+    for contact in link.findall("contact"):
+        link.remove(contact)
     old = link.find("collision")
     origin = old.find("origin") if old is not None else None
     xyz = [

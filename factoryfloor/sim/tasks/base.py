@@ -7,7 +7,7 @@ gets the world, the env's random generator and only the robot callables it needs
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -66,6 +66,7 @@ class Task(ABC):
         self.sim, self.robot, self.reward_type = sim, robot, reward_type
         self.randomize, self.ranges = randomize, Randomization()
         self.goal = np.zeros(3)
+        self._dynamics: dict[str, dict[str, float]] = {}
         self._build()
 
     @abstractmethod
@@ -77,17 +78,22 @@ class Task(ABC):
         """Place objects and draw a goal; every draw goes through ``rng``."""
 
     @abstractmethod
-    def get_obs(self) -> np.ndarray:
-        """Task part of the observation vector, shape (obs_size,)."""
+    def observe(self) -> tuple[list[float], Sequence[float]]:
+        """One read of the task state per control step.
+
+        Returns:
+            The task part of the observation vector (``obs_size`` floats; units in the
+            subclass) and the achieved goal (m, world, 3 floats).
+        """
 
     @property
     @abstractmethod
     def obs_size(self) -> int:
-        """Length of ``get_obs()``."""
+        """Length of the task part of the observation vector."""
 
-    @abstractmethod
     def achieved_goal(self) -> np.ndarray:
         """What the goal is compared with (m, world), shape (3,)."""
+        return np.array(self.observe()[1])
 
     def desired_goal(self) -> np.ndarray:
         """The goal (m, world), shape (3,)."""
@@ -97,12 +103,27 @@ class Task(ABC):
         """Hook run after each control step (e.g. conveyor upkeep)."""
 
     def get_state(self) -> dict[str, Any]:
-        """Python-side state that ``save_state`` must keep beyond the physics."""
-        return {"goal": self.goal.copy()}
+        """Python-side state that ``save_state`` must keep beyond the physics.
+
+        Includes every dynamics change made through ``set_body_dynamics`` (pybullet's own
+        snapshots keep positions and velocities, not masses or frictions).
+        """
+        return {
+            "goal": self.goal.copy(),
+            "dynamics": {k: dict(v) for k, v in self._dynamics.items()},
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Inverse of ``get_state``."""
         self.goal = state["goal"].copy()
+        self._dynamics = {k: dict(v) for k, v in state["dynamics"].items()}
+        for name, kwargs in self._dynamics.items():
+            self.sim.set_dynamics(name, **kwargs)
+
+    def set_body_dynamics(self, name: str, **kwargs: float) -> None:
+        """Change a body's dynamics (``mass`` in kg, ``lateralFriction``) and remember it."""
+        self._dynamics.setdefault(name, {}).update(kwargs)
+        self.sim.set_dynamics(name, **kwargs)
 
     def is_success(self, achieved: np.ndarray, desired: np.ndarray) -> np.ndarray:
         """Vectorised success; shapes (..., 3) -> (...) bool.
@@ -110,9 +131,10 @@ class Task(ABC):
         Within ``distance_threshold_m`` of the goal, or, when ``goal_box_half_m`` is set, inside
         the axis-aligned box of those half sizes around the goal (a part inside a bin).
         """
+        diff = achieved - desired
         if self.goal_box_half_m is not None:
-            return np.all(np.abs(achieved - desired) <= np.asarray(self.goal_box_half_m), axis=-1)
-        return np.linalg.norm(achieved - desired, axis=-1) < self.distance_threshold_m
+            return (np.abs(diff) <= self.goal_box_half_m).all(axis=-1)
+        return (diff * diff).sum(axis=-1) < self.distance_threshold_m**2
 
     def compute_reward(
         self, achieved: np.ndarray, desired: np.ndarray, info: Any = None

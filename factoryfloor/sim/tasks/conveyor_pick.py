@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,7 @@ import numpy as np
 from factoryfloor.sim.scene import (
     BELT_TOP_Z_M,
     BIN_FLOOR_TOP_M,
+    PART_MASS_KG,
     PART_SHAPES,
     Conveyor,
     ConveyorConfig,
@@ -74,8 +76,8 @@ class ConveyorPickTask(Task):
         self.sim.set_base_pose(name, np.array([x, y, BELT_TOP_Z_M + self.half_heights[k]]), quat)
         self.sim.set_base_velocity(name, np.array([0.0, speed, 0.0]))
         if self.randomize:
-            mass = 0.1 * self.uniform(rng, self.ranges.mass_scale)
-            self.sim.set_dynamics(
+            mass = PART_MASS_KG * self.uniform(rng, self.ranges.mass_scale)
+            self.set_body_dynamics(
                 name, mass=mass, lateralFriction=self.uniform(rng, self.ranges.friction)
             )
 
@@ -88,26 +90,28 @@ class ConveyorPickTask(Task):
         """Per part: position (3) and velocity (3); then the belt speed (1)."""
         return 6 * len(self.parts) + 1
 
-    def _positions(self) -> np.ndarray:
-        return np.array([self.sim.get_base_position(p) for p in self.parts])
+    def observe(self) -> tuple[list[float], Sequence[float]]:
+        """Per part: position (m) and velocity (m/s), then the belt speed (m/s).
 
-    def get_obs(self) -> np.ndarray:
-        """Positions (m) and velocities (m/s) of the parts, then the belt speed (m/s)."""
-        velocities = np.array([self.sim.get_base_velocity(p) for p in self.parts])
-        return np.concatenate(
-            [np.hstack([self._positions(), velocities]).ravel(), [self.conveyor.speed_m_s]]
-        )
-
-    def achieved_goal(self) -> np.ndarray:
-        """Position (m) of the part nearest the goal."""
-        positions = self._positions()
-        return positions[int(np.argmin(np.linalg.norm(positions - self.goal, axis=1)))]
+        The achieved goal is the position (m) of the part nearest the goal.
+        """
+        obs: list[float] = []
+        nearest, best = (0.0, 0.0, 0.0), float("inf")
+        gx, gy, gz = self.goal
+        for part in self.parts:
+            p = self.sim.base_position(part)
+            obs += [*p, *self.sim.base_velocity(part)]
+            d = (p[0] - gx) ** 2 + (p[1] - gy) ** 2 + (p[2] - gz) ** 2
+            if d < best:
+                nearest, best = p, d
+        obs.append(self.conveyor.speed_m_s)
+        return obs, nearest
 
     def get_state(self) -> dict[str, Any]:
-        """Goal and belt speed."""
-        return {"goal": self.goal.copy(), "speed": self.conveyor.speed_m_s}
+        """Goal, dynamics and belt speed."""
+        return {**super().get_state(), "speed": self.conveyor.speed_m_s}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Inverse of ``get_state``."""
-        self.goal = state["goal"].copy()
+        super().set_state(state)
         self.conveyor.set_speed(state["speed"])

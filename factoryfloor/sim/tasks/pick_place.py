@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from factoryfloor.sim.scene import (
     BIN_FLOOR_TOP_M,
+    PART_MASS_KG,
     PART_SHAPES,
     add_bin,
     add_goal_marker,
@@ -44,6 +46,7 @@ class PickPlaceTask(Task):
             for i, s in enumerate(self.shapes)
         }
         self.shape = self.shapes[0]
+        self._one_hot = [float(s == self.shape) for s in self.shapes]
         add_goal_marker(self.sim, "target", 0.02)
 
     @staticmethod
@@ -52,13 +55,16 @@ class PickPlaceTask(Task):
         return np.array([-0.2, -0.15 + 0.1 * index, half_height_m])
 
     def _park(self) -> None:
+        """Put every part on its spare spot, static (mass 0) so it costs no solver time."""
         for i, s in enumerate(self.shapes):
+            self.set_body_dynamics(f"part_{s}", mass=0.0)
             self.sim.set_base_pose(f"part_{s}", self._spare_position(i, self.half_heights[s]))
 
     def reset(self, rng: np.random.Generator) -> None:
         """Choose a part, place it and the bin."""
         self._park()
         self.shape = self.shapes[int(rng.integers(len(self.shapes)))]
+        self._one_hot = [float(s == self.shape) for s in self.shapes]
         bin_xy = rng.uniform(self.bin_low, self.bin_high)
         self.sim.set_base_pose("bin", np.array([*bin_xy, 0.0]))
         self.goal = np.array([*bin_xy, BIN_FLOOR_TOP_M + 0.02])
@@ -70,10 +76,10 @@ class PickPlaceTask(Task):
         self._randomize_physics(rng)
 
     def _randomize_physics(self, rng: np.random.Generator) -> None:
-        if self.randomize:
-            mass = 0.1 * self.uniform(rng, self.ranges.mass_scale)
-            friction = self.uniform(rng, self.ranges.friction)
-            self.sim.set_dynamics(self.part, mass=mass, lateralFriction=friction)
+        """Give the active part its mass (kg) and friction, drawn when randomising."""
+        mass = PART_MASS_KG * self.uniform(rng, self.ranges.mass_scale)
+        friction = self.uniform(rng, self.ranges.friction) if self.randomize else 1.0
+        self.set_body_dynamics(self.part, mass=mass, lateralFriction=friction)
 
     @property
     def part(self) -> str:
@@ -85,21 +91,18 @@ class PickPlaceTask(Task):
         """Part position (3), part velocity (3), shape one-hot (3)."""
         return 6 + len(self.shapes)
 
-    def get_obs(self) -> np.ndarray:
-        """Part position (m), linear velocity (m/s) and shape one-hot."""
-        one_hot = np.array([s == self.shape for s in self.shapes], dtype=np.float64)
-        return np.concatenate(
-            [self.sim.get_base_position(self.part), self.sim.get_base_velocity(self.part), one_hot]
-        )
-
-    def achieved_goal(self) -> np.ndarray:
-        """Part position (m)."""
-        return self.sim.get_base_position(self.part)
+    def observe(self) -> tuple[list[float], Sequence[float]]:
+        """Part position (m), linear velocity (m/s) and shape one-hot; achieved: part position."""
+        position = self.sim.base_position(self.part)
+        velocity = self.sim.base_velocity(self.part)
+        return [*position, *velocity, *self._one_hot], position
 
     def get_state(self) -> dict[str, Any]:
-        """Goal and active part."""
-        return {"goal": self.goal.copy(), "shape": self.shape}
+        """Goal, dynamics and active part."""
+        return {**super().get_state(), "shape": self.shape}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Inverse of ``get_state``."""
-        self.goal, self.shape = state["goal"].copy(), state["shape"]
+        super().set_state(state)
+        self.shape = state["shape"]
+        self._one_hot = [float(s == self.shape) for s in self.shapes]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from factoryfloor.sim.scene import add_goal_marker, add_table
@@ -35,10 +37,6 @@ class ReachTask(Task):
         """No task-specific observation beyond the goal."""
         return 0
 
-    def get_obs(self) -> np.ndarray:
-        """Empty: the TCP is in the robot part, the target is the desired goal."""
-        return np.zeros(0)
-
-    def achieved_goal(self) -> np.ndarray:
-        """TCP position (m)."""
-        return self.robot.tcp_position()
+    def observe(self) -> tuple[list[float], Sequence[float]]:
+        """No task observation (the target is the desired goal); achieved goal: the TCP (m)."""
+        return [], self.robot.tcp_position()
