@@ -1,0 +1,1 @@
+"""Policies for the factoryfloor tasks: scripted experts and evaluation."""

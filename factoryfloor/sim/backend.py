@@ -87,6 +87,7 @@ class PyBullet:
             numSolverIterations=self.physics.solver_iterations,
             deterministicOverlappingPairs=1,  # contact order independent of history
             enableConeFriction=0,  # pyramid friction: about 10% cheaper, grasps hold as well
+            solverResidualThreshold=1e-4,
         )
         self._bind_hot_calls()
 
@@ -379,8 +380,8 @@ class PyBullet:
             orientation: Target orientation (x, y, z, w).
             iterations: Solver iterations (warm-started from the current joint state).
             damping: Damped-least-squares damping per movable joint; pybullet's default (0.1)
-                leaves centimetres of error after a few iterations, 0.01 converges to
-                sub-millimetre in three.
+                leaves centimetres of error after a few iterations, 0.003 reaches a 4 cm step
+                to a tenth of a millimetre in two.
 
         Returns:
             One position per movable joint (rad or m), in joint-index order.

@@ -21,8 +21,8 @@ class CameraConfig:
         far_m: Far clipping plane (m); depth is scaled to [near_m, far_m].
     """
 
-    eye_m: tuple[float, float, float] = (1.25, 0.0, 0.75)
-    target_m: tuple[float, float, float] = (0.4, 0.0, 0.0)
+    eye_m: tuple[float, float, float] = (1.2, 0.0, 0.9)
+    target_m: tuple[float, float, float] = (0.3, 0.0, 0.05)
     fov_deg: float = 55.0
     near_m: float = 0.1
     far_m: float = 2.5

@@ -96,6 +96,7 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         self.action_space = self.robot.action_space
         self._action_shape = self.action_space.shape
         self._desired_goal = np.zeros(3, dtype=np.float32)
+        self._goal = [0.0, 0.0, 0.0]
         self.observation_space = self._make_observation_space()
         self.metadata = {**self.metadata, "render_fps": round(1.0 / self.sim.physics.control_dt_s)}
         self._last_frame_time = 0.0
@@ -139,6 +140,7 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         self.robot.reset()
         self.task.reset(self.np_random)
         self._desired_goal = self.task.desired_goal().astype(np.float32)
+        self._goal = self._desired_goal.tolist()
         jitter = self.task.ranges.camera_jitter_m if self.task.randomize else 0.0
         self.camera.reset(self.np_random, jitter)
         obs = self._get_obs()
@@ -161,7 +163,7 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         self.robot.measure()
         self.task.after_step()
         obs = self._get_obs()
-        success = bool(self.task.is_success(obs["achieved_goal"], obs["desired_goal"]))
+        success = self.task.success(obs["achieved_goal"].tolist(), self._goal)
         if self.task.reward_type == "sparse":
             reward = 0.0 if success else -1.0
         else:
@@ -206,6 +208,7 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         self.sim.restore_state(state.bullet_state)
         self.task.set_state(state.task_state)
         self._desired_goal = self.task.desired_goal().astype(np.float32)
+        self._goal = self._desired_goal.tolist()
         self.robot.set_state(state.robot_state)
         self.np_random.bit_generator.state = state.rng_state
 

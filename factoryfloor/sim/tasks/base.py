@@ -136,6 +136,13 @@ class Task(ABC):
             return (np.abs(diff) <= self.goal_box_half_m).all(axis=-1)
         return (diff * diff).sum(axis=-1) < self.distance_threshold_m**2
 
+    def success(self, achieved: Sequence[float], desired: Sequence[float]) -> bool:
+        """``is_success`` for one goal pair, in plain Python (the per-step path)."""
+        d = [a - b for a, b in zip(achieved, desired, strict=True)]
+        if self.goal_box_half_m is not None:
+            return all(abs(x) <= h for x, h in zip(d, self.goal_box_half_m, strict=True))
+        return d[0] * d[0] + d[1] * d[1] + d[2] * d[2] < self.distance_threshold_m**2
+
     def compute_reward(
         self, achieved: np.ndarray, desired: np.ndarray, info: Any = None
     ) -> np.ndarray:

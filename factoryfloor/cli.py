@@ -1,0 +1,102 @@
+"""The ``factoryfloor`` command line: thin wrappers over library functions.
+
+Subcommands are registered in ``COMMANDS`` (name -> (configure parser, run)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+Configure = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace], int]
+
+
+def _configure_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("env_id", help="environment id, e.g. factoryfloor/PickPlace-v0")
+    p.add_argument("--policy", default="expert", help="policy to run (default: expert)")
+    p.add_argument("--episodes", type=int, default=10, help="number of episodes (default: 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first episode (default: 0)")
+    p.add_argument("--robot", default="panda", help="robot name (default: panda)")
+    p.add_argument(
+        "--video", type=Path, help="write the cell camera of the first episodes to this .mp4"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from factoryfloor.policies.evaluate import evaluate
+
+    result = evaluate(
+        args.env_id, args.policy, args.episodes, args.seed, args.robot, video=args.video
+    ).as_dict()
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key in (
+            "env_id",
+            "robot",
+            "policy",
+            "episodes",
+            "success_rate",
+            "mean_return",
+            "mean_episode_length",
+            "env_steps_per_s",
+        ):
+            print(f"{key:>20}: {result[key]}")
+    return 0
+
+
+def _configure_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="factoryfloor/ConveyorPick-v0", help="environment id")
+    p.add_argument("--robot", default="panda", help="robot name (default: panda)")
+    p.add_argument("--episodes", type=int, default=20, help="episodes to evaluate (default: 20)")
+    p.add_argument("--video-episodes", type=int, default=2, help="episodes in the MP4 (default: 2)")
+    p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from factoryfloor.policies.demo import run_demo
+
+    return run_demo(args.task, args.robot, args.episodes, args.video_episodes, args.out)
+
+
+COMMANDS: dict[str, tuple[str, Configure, Run]] = {
+    "eval": ("evaluate a policy on a task and report its success rate", _configure_eval, _run_eval),
+    "demo": (
+        "run the scripted expert headless and write a video of the cell",
+        _configure_demo,
+        _run_demo,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one subparser per entry of ``COMMANDS``."""
+    parser = argparse.ArgumentParser(prog="factoryfloor", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, configure, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        configure(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``factoryfloor`` console script; returns the exit status."""
+    from gymnasium.error import Error as GymError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (ValueError, KeyError, GymError) as exc:  # bad input: one clear line, no traceback
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"factoryfloor {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
