@@ -1,0 +1,1 @@
+"""Package data: the project's own URDFs (see LICENSES.md for provenance)."""

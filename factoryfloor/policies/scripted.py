@@ -102,15 +102,15 @@ class PickPlaceExpert(ScriptedExpert):
         # the fingers would turn into a chase) over the arm's tracking lag.
         lead = self.reachable(part + self.belt_velocity(obs) * self.dt * self.lag_steps)
         grasp = np.array([*lead[:2], max(lead[2], 0.015)])
-        above_goal = goal + [0.0, 0.0, RELEASE_ABOVE_GOAL_M]
+        above_goal = goal + np.array([0.0, 0.0, RELEASE_ABOVE_GOAL_M])
         return [
-            (lead + [0.0, 0.0, HOVER_M], OPEN, 0.015),
+            (lead + np.array([0.0, 0.0, HOVER_M]), OPEN, 0.015),
             (grasp, OPEN, 0.008),
             (tcp + self.belt_velocity(obs) * self.dt, CLOSED, 0.0),
             (np.array([*tcp[:2], CARRY_Z_M]), CLOSED, 0.03),
             (np.array([*goal[:2], CARRY_Z_M]), CLOSED, 0.015),
             (above_goal, CLOSED, 0.015),
-            (above_goal + [0.0, 0.0, 0.05], OPEN, 0.0),
+            (above_goal + np.array([0.0, 0.0, 0.05]), OPEN, 0.0),
         ]
 
     def _act(self, obs: Obs) -> np.ndarray:

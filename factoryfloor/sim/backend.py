@@ -67,8 +67,8 @@ class PyBullet:
             raise ValueError(f"unknown pybullet mode {mode!r}; use one of {sorted(_MODES)}")
         if mode == "gui" and not has_display():
             raise RuntimeError(
-                "pybullet's GUI needs a display but none was found (DISPLAY is unset); "
-                "run headless with render_mode='rgb_array' or mode 'direct', or start a display (Xvfb)"
+                "pybullet's GUI needs a display but none was found (DISPLAY is unset); run "
+                "headless with render_mode='rgb_array' or mode 'direct', or start a display (Xvfb)"
             )
         self.mode = mode
         self.physics = physics or PhysicsConfig()
@@ -126,9 +126,11 @@ class PyBullet:
         self.client.restoreState(stateId=state_id)
 
     def drop_stale_contacts(self) -> None:
-        """Run a collision pass now, which drops the contact caches of body pairs that no longer
-        touch; after teleporting bodies (a reset), a cache left from the previous episode would
-        otherwise change the next steps slightly."""
+        """Run a collision pass now, dropping contact caches of body pairs that no longer touch.
+
+        After teleporting bodies (a reset), a cache left from the previous episode would
+        otherwise change the next steps slightly.
+        """
         self.client.performCollisionDetection()
 
     def remove_state(self, state_id: int) -> None:
@@ -194,8 +196,9 @@ class PyBullet:
 
         Args:
             name: Body name.
-            shape: "box" (size = half extents x, y, z), "cylinder" (radius, height) or
-                "sphere" (radius,); m.
+            shape: "box", "cylinder" or "sphere".
+            size: Half extents (x, y, z) for a box, (radius, height) for a cylinder, (radius,)
+                for a sphere; m.
             position: Centre (m).
             mass: kg; 0 makes the body static.
             rgba: Colour.

@@ -179,7 +179,7 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         return self.task.compute_reward(achieved_goal, desired_goal, info)
 
     def render(self) -> np.ndarray | None:
-        """ "rgb_array": a (360, 480, 3) uint8 frame of the cell camera; "human": real-time pacing."""
+        """A (360, 480, 3) uint8 camera frame ("rgb_array"); real-time pacing ("human")."""
         if self.render_mode == "rgb_array":
             return self.camera.rgb(*RENDER_SIZE)
         if self.render_mode == "human":

@@ -99,7 +99,7 @@ class Task(ABC):
         """The goal (m, world), shape (3,)."""
         return self.goal.copy()
 
-    def after_step(self) -> None:
+    def after_step(self) -> None:  # noqa: B027  (an optional hook, empty by default)
         """Hook run after each control step (e.g. conveyor upkeep)."""
 
     def get_state(self) -> dict[str, Any]:
