@@ -89,16 +89,6 @@ def test_wheel_contains_every_module_and_nothing_else(wheel, repo_root):
     assert not [m for m in modules if m not in names]
 
 
-def test_wheel_builds_quickly(wheel):
-    _, elapsed = wheel
-    assert elapsed < 20.0, f"wheel build took {elapsed:.1f} s: mark the packaging tests slow"
-
-
-@pytest.mark.xfail(
-    strict=False,
-    reason="bug: pyproject.toml declares the console script factoryfloor = factoryfloor.cli:main "
-    "(used by `make demo`) but factoryfloor/cli.py does not exist",
-)
 def test_console_scripts_resolve(wheel):
     path, _ = wheel
     with zipfile.ZipFile(path) as zf:

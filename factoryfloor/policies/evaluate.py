@@ -31,6 +31,7 @@ class EvalResult:
     mean_return: float
     mean_episode_length: float
     successes: list[bool]
+    episode_lengths: list[int]
     wall_time_s: float
     env_steps_per_s: float
 
@@ -113,6 +114,7 @@ def evaluate(
         mean_return=float(np.mean(returns)),
         mean_episode_length=float(np.mean(lengths)),
         successes=successes,
+        episode_lengths=lengths,
         wall_time_s=wall,
         env_steps_per_s=steps / wall,
     )
