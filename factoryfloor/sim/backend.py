@@ -134,8 +134,9 @@ class PyBullet:
         self.client.performCollisionDetection()
 
     def remove_state(self, state_id: int) -> None:
-        """Free a snapshot."""
-        self.client.removeState(state_id)
+        """Free a snapshot (a no-op once the world is closed)."""
+        if not self._closed:
+            self.client.removeState(state_id)
 
     # ----------------------------------------------------------------- bodies
     def body_id(self, name: str) -> int:
@@ -144,10 +145,6 @@ class PyBullet:
             return self._bodies[name]
         except KeyError:
             raise KeyError(f"no body named {name!r}; bodies: {sorted(self._bodies)}") from None
-
-    def has_body(self, name: str) -> bool:
-        """Whether a body called ``name`` exists."""
-        return name in self._bodies
 
     def _register(self, name: str, body: int) -> int:
         if name in self._bodies:
@@ -227,10 +224,6 @@ class PyBullet:
         """Base position (m), shape (3,)."""
         return np.asarray(self._base_pose(self._bodies[name])[0])
 
-    def get_base_orientation(self, name: str) -> np.ndarray:
-        """Base orientation quaternion (x, y, z, w), shape (4,)."""
-        return np.asarray(self._base_pose(self._bodies[name])[1])
-
     def get_base_velocity(self, name: str) -> np.ndarray:
         """Base linear velocity (m/s), shape (3,)."""
         return np.asarray(self._base_velocity(self._bodies[name])[0])
@@ -262,11 +255,6 @@ class PyBullet:
             body, self.link_index(name, link) if link else -1, rgbaColor=list(rgba)
         )
 
-    def contact_count(self, a: str, b: str) -> int:
-        """Number of contact points between two bodies after the last step."""
-        return len(self.client.getContactPoints(self._bodies[a], self._bodies[b]))
-
-    # ----------------------------------------------------------------- joints and links
     def joint_index(self, name: str, joint: str) -> int:
         """Index of a joint of body ``name``, resolved by joint name."""
         try:
@@ -282,10 +270,6 @@ class PyBullet:
         except KeyError:
             known = sorted(self._links[self._bodies[name]])
             raise KeyError(f"body {name!r} has no link {link!r}; links: {known}") from None
-
-    def link_names(self, name: str) -> list[str]:
-        """Names of all links of a body (base first)."""
-        return list(self._links[self._bodies[name]])
 
     def joint_positions(self, name: str, joints: list[int]) -> list[float]:
         """Positions of joints (rad or m) as a list: the cheap per-step query."""
@@ -398,15 +382,6 @@ class PyBullet:
             jointDamping=damping,
         )
 
-    def transform_point(
-        self, position: np.ndarray, orientation: np.ndarray, offset: tuple[float, float, float]
-    ) -> np.ndarray:
-        """World coordinates of ``offset`` given in a frame at (position, orientation)."""
-        return np.asarray(
-            self.client.multiplyTransforms(position, orientation, offset, (0, 0, 0, 1))[0]
-        )
-
-    # ----------------------------------------------------------------- camera
     def render(
         self, width: int, height: int, view: list[float], projection: list[float], depth: bool
     ) -> tuple[np.ndarray, np.ndarray | None]:

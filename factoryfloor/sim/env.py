@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,13 +191,18 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         return None
 
     def save_state(self) -> EnvState:
-        """Snapshot the episode (physics, task, controller targets, random state)."""
-        return EnvState(
+        """Snapshot the episode (physics, task, controller targets, random state).
+
+        The physics snapshot is freed when the returned object is garbage-collected.
+        """
+        state = EnvState(
             bullet_state=self.sim.save_state(),
             task_state=self.task.get_state(),
             robot_state=self.robot.get_state(),
             rng_state=self.np_random.bit_generator.state,
         )
+        weakref.finalize(state, self.sim.remove_state, state.bullet_state)
+        return state
 
     def restore_state(self, state: EnvState) -> None:
         """Return to a snapshot taken by ``save_state`` on this env, earlier in this episode.
