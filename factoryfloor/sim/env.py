@@ -17,7 +17,7 @@ from factoryfloor.sim import tasks as _tasks  # noqa: F401  (registers the task 
 from factoryfloor.sim.backend import PhysicsConfig, PyBullet
 from factoryfloor.sim.camera import Camera, CameraConfig
 from factoryfloor.sim.robot import Arm
-from factoryfloor.sim.tasks.base import RobotHooks, get_task_class
+from factoryfloor.sim.tasks.base import REWARD_TYPES, RobotHooks, get_task_class
 
 OBS_MODES = {"state": None, "rgb": 3, "rgbd": 4}  # obs mode -> image channels
 RENDER_SIZE = (480, 360)  # (width, height) of render() frames
@@ -46,6 +46,8 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         randomize: Domain randomisation of physics and camera (see ``Randomization``).
         render_mode: None, "rgb_array" (480x360 frames) or "human" (pybullet's window).
         physics: Physics settings (timestep, substeps, solver iterations).
+        task_options: Keyword arguments of the task, e.g. ``{"belt_speed_m_s": 0.12}`` for
+            ConveyorPick (see each task class).
     """
 
     metadata: dict[str, Any] = {"render_modes": ["human", "rgb_array"], "render_fps": 24}  # noqa: RUF012
@@ -61,6 +63,7 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         randomize: bool = False,
         render_mode: str | None = None,
         physics: PhysicsConfig | None = None,
+        task_options: dict[str, Any] | None = None,
     ) -> None:
         EzPickle.__init__(
             self,
@@ -73,26 +76,29 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
             randomize,
             render_mode,
             physics,
+            task_options,
         )
         _check_choice("obs_mode", obs_mode, OBS_MODES)
         _check_choice("render_mode", render_mode, [None, *self.metadata["render_modes"]])
+        _check_choice("reward", reward, REWARD_TYPES)
+        spec, task_cls = get_robot_spec(robot), get_task_class(task)  # KeyErrors list choices
+        _check_choice("control", control, spec.control_modes)
         self.obs_mode, self.image_size, self.render_mode = obs_mode, image_size, render_mode
         self.sim = PyBullet("gui" if render_mode == "human" else "direct", physics)
-        task_cls = get_task_class(task)
-        self.robot = Arm(
-            self.sim,
-            get_robot_spec(robot),
-            control,
-            np.asarray(task_cls.workspace_low),
-            np.asarray(task_cls.workspace_high),
-            lowpoly=obs_mode != "state",
-        )
-        self.task = task_cls(
-            self.sim,
-            RobotHooks(self.robot.tcp_position, self.robot.gripper_opening),
-            reward,
-            randomize,
-        )
+        try:
+            self.robot = Arm(
+                self.sim,
+                spec,
+                control,
+                task_cls.workspace_low,
+                task_cls.workspace_high,
+                lowpoly=obs_mode != "state",
+            )
+            hooks = RobotHooks(self.robot.tcp_position, self.robot.gripper_opening)
+            self.task = task_cls(self.sim, hooks, reward, randomize, **(task_options or {}))
+        except BaseException:
+            self.sim.close()  # a refused construction leaves no pybullet world behind
+            raise
         self.camera = Camera(self.sim, CameraConfig())
         self.action_space = self.robot.action_space
         self._action_shape = self.action_space.shape

@@ -30,14 +30,23 @@ class ConveyorPickTask(Task):
         into the robot's reach; grasp one and put it in the bin beside the conveyor.
     Randomizations: order of the parts; lateral offset of each part on the belt
         [-0.05, 0.05] m; arrival times (first part 0.15-0.3 m upstream of the belt centre, then
-        gaps of 0.12-0.22 m); part yaw; bin x [0.24, 0.28] m, y [0.25, 0.32] m. With ``randomize``:
-        belt speed 0.06-0.14 m/s (else 0.1 m/s), part mass and friction.
+        gaps of 0.12-0.22 m); part yaw; bin x [0.24, 0.28] m, y [0.25, 0.32] m. With
+        ``randomize``: belt speed 0.06-0.14 m/s (else ``belt_speed_m_s``, 0.1 m/s by default),
+        part mass and friction.
     Success: the part nearest the goal lies in the bin: its centre within 0.07 m (x, y) and
         0.03 m (z) of the goal, the centre of the bin floor raised by 2 cm.
     Reward: sparse 0 / -1, or dense -||part - goal|| (m), for the part nearest the goal.
     """
 
     goal_box_half_m = (0.07, 0.07, 0.03)
+
+    def __init__(self, *args: Any, belt_speed_m_s: float = 0.1, **kwargs: Any) -> None:
+        """Args as ``Task``, plus ``belt_speed_m_s``: belt speed without randomisation (m/s)."""
+        if not 0.0 < belt_speed_m_s <= 0.5:
+            raise ValueError(f"belt_speed_m_s must be in (0, 0.5] m/s, got {belt_speed_m_s}")
+        self.belt_speed_m_s = belt_speed_m_s
+        super().__init__(*args, **kwargs)
+
     bin_low = np.array([0.24, 0.25])
     bin_high = np.array([0.28, 0.32])
 
@@ -55,7 +64,11 @@ class ConveyorPickTask(Task):
 
     def reset(self, rng: np.random.Generator) -> None:
         """Start the belt, place the bin and line the parts up upstream."""
-        speed = self.uniform(rng, self.ranges.conveyor_speed_m_s)
+        speed = (
+            float(rng.uniform(*self.ranges.conveyor_speed_m_s))
+            if self.randomize
+            else self.belt_speed_m_s
+        )
         self.conveyor.start(speed)
         bin_xy = rng.uniform(self.bin_low, self.bin_high)
         self.sim.set_base_pose("bin", np.array([*bin_xy, 0.0]))
