@@ -36,6 +36,45 @@ class JointLimit:
             raise ValueError("joint velocity and effort limits must be positive")
 
 
+JOINT_TYPES = ("revolute", "continuous", "prismatic", "fixed")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JointOverride:
+    """A change to one URDF joint, made when the URDF is loaded (``RobotSpec.joint_overrides``).
+
+    For mechanisms that URDF can only state through ``<mimic>`` joints, which pybullet ignores:
+    a closed linkage can be re-expressed as the motion it produces (a parallelogram finger, for
+    example, translates without turning). Fields left ``None`` keep the URDF's value; the
+    joint's ``<mimic>`` tag is dropped, since it described the old kinematics.
+
+    Attributes:
+        type: Joint type, one of ``JOINT_TYPES``.
+        parent: Parent link name.
+        xyz: Origin of the joint frame in the parent link frame (m).
+        rpy: Orientation of the joint frame, URDF roll-pitch-yaw (rad).
+        axis: Joint axis in the joint frame (unit vector).
+        lower: Lower position limit (m or rad).
+        upper: Upper position limit (m or rad).
+    """
+
+    type: str | None = None
+    parent: str | None = None
+    xyz: tuple[float, float, float] | None = None
+    rpy: tuple[float, float, float] | None = None
+    axis: tuple[float, float, float] | None = None
+    lower: float | None = None
+    upper: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.type is not None and self.type not in JOINT_TYPES:
+            raise ValueError(f"JointOverride.type must be one of {JOINT_TYPES}")
+        if self.axis is not None and abs(float(np.linalg.norm(self.axis)) - 1.0) > 1e-6:
+            raise ValueError("JointOverride.axis must be a unit vector")
+        if self.lower is not None and self.upper is not None and not self.lower < self.upper:
+            raise ValueError("JointOverride.lower must be < upper")
+
+
 @dataclass(frozen=True, kw_only=True)
 class GripperSpec:
     """A parallel gripper driven by one command mapped to several (mimic) joints.
@@ -59,6 +98,16 @@ class GripperSpec:
             the closing axis.
         max_speed: Largest speed of the drive position (m/s or rad/s); commands are rate-limited
             to it, as a real gripper's controller does, so that fingers close on parts gently.
+        leaders: Joint -> the joint it mimics, for mechanisms whose joints are chained (in a
+            four-bar linkage a finger mimics its own knuckle, not the drive); a joint not listed
+            mimics the first joint. A follower keeps ``q = multiplier / leader's multiplier *
+            q_leader``, through a gear constraint (``gear_coupled``) or, with
+            ``linkage_tracks_leader``, through its motor.
+        linkage_tracks_leader: Motor-driven ``linkage_joints`` track the measured position of
+            their leader (plus the drive's commanded change over the step) instead of the
+            commanded drive. A linkage joint is pinned to the links around it: when a part
+            stops the fingers, it must stay where the knuckles are rather than run on to the
+            commanded closure (which would tilt the fingers).
     """
 
     joints: tuple[str, ...]
@@ -71,6 +120,8 @@ class GripperSpec:
     finger_links: tuple[str, ...]
     max_speed: float
     gear_coupled: tuple[str, ...] = ()
+    leaders: dict[str, str] = field(default_factory=dict)
+    linkage_tracks_leader: bool = False
 
     def __post_init__(self) -> None:
         if self.max_speed <= 0:
@@ -79,6 +130,9 @@ class GripperSpec:
             raise ValueError(
                 "GripperSpec.gear_coupled must name gripper joints other than the first"
             )
+        for follower, leader in self.leaders.items():
+            if {follower, leader} - set(self.joints) or leader == follower:
+                raise ValueError("GripperSpec.leaders must map gripper joints to other ones")
         if len(self.joints) != len(self.multipliers):
             raise ValueError("GripperSpec needs one multiplier per joint")
         if not self.joints:
@@ -94,6 +148,10 @@ class GripperSpec:
         """Drive position (m or rad) for an opening in [0, 1] (0 closed, 1 open)."""
         opening = min(max(float(opening), 0.0), 1.0)
         return self.closed_position + opening * (self.open_position - self.closed_position)
+
+    def leader(self, joint: str) -> str:
+        """The joint that ``joint`` mimics (see ``leaders``)."""
+        return self.leaders.get(joint, self.joints[0])
 
     def targets(self, drive: float) -> np.ndarray:
         """Joint targets for a drive position (m or rad); shape (len(joints),)."""
@@ -121,6 +179,9 @@ class RobotSpec:
         max_joint_step_rad: Largest joint displacement per control step under "joints" (rad).
         collision_boxes: Link name -> (size (m), centre (m)) of a box replacing that link's
             collision mesh, centre in the frame of the URDF collision element (finger pads).
+        joint_overrides: Joint name -> changes made to that URDF joint when it is loaded.
+        visual_only_links: Links whose collision geometry is dropped when the URDF is loaded
+            (parts of a mechanism that only follow the rest for display).
         position_gain: Proportional gain of the simulated joint position controllers (-).
         base_position: Mounting position of the base in the world frame (m).
         link_colors: Optional RGBA per link name for low-poly rendering.
@@ -142,6 +203,8 @@ class RobotSpec:
     collision_boxes: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = (
         field(default_factory=dict)
     )
+    joint_overrides: dict[str, JointOverride] = field(default_factory=dict)
+    visual_only_links: tuple[str, ...] = ()
     position_gain: float = 0.3
     base_position: tuple[float, float, float] = (0.0, 0.0, 0.0)
     link_colors: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)

@@ -18,6 +18,7 @@ times faster than NumPy, and pybullet converts lists faster than arrays.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 
 import numpy as np
 from gymnasium import spaces
@@ -69,8 +70,8 @@ class Arm:
         workspace_low: Sequence[float],
         workspace_high: Sequence[float],
         lowpoly: bool = False,
-        ik_iterations: int = 3,
-        ik_damping: float = 0.01,
+        ik_iterations: int = 2,
+        ik_damping: float = 0.003,
         name: str = "robot",
     ) -> None:
         if control not in spec.control_modes:
@@ -84,14 +85,20 @@ class Arm:
         )
         self.ik_iterations = ik_iterations
         urdf = data_root(spec.data_root) / spec.urdf
-        sim.load_urdf(
-            name, robot_urdf(urdf, lowpoly, spec.collision_boxes), spec.base_position, fixed=True
+        path = robot_urdf(
+            urdf,
+            lowpoly,
+            spec.collision_boxes,
+            joint_overrides=spec.joint_overrides,
+            visual_only_links=spec.visual_only_links,
         )
+        sim.load_urdf(name, path, spec.base_position, fixed=True)
         self.arm_idx = [sim.joint_index(name, j) for j in spec.arm_joints]
         self.grip_idx = [sim.joint_index(name, j) for j in spec.gripper.joints]
         self.ee_idx = sim.link_index(name, spec.ee_link)
         movable = sim.movable_joints(name)
         self._ik_columns = [movable.index(j) for j in self.arm_idx]
+        self._arm_columns = itemgetter(*self._ik_columns)  # IK output -> arm joint values
         self._ik_damping = [ik_damping] * len(movable)
         self._down = [float(v) for v in spec.ee_down_quaternion]
         self._tcp_offset = [float(v) for v in spec.tcp_offset_m]
@@ -99,6 +106,10 @@ class Arm:
         self._link_from_tcp = [-v for v in rotate(self._down, self._tcp_offset)]
         self._lower, self._upper = spec.lower.tolist(), spec.upper.tolist()
         self._dt = sim.physics.control_dt_s
+        self._rate_hz = 1.0 / self._dt
+        g = spec.gripper  # opening = (q_drive - closed) / (open - closed), in joint units
+        self._closed_q = g.closed_position * g.multipliers[0]
+        self._open_minus_closed_q = (g.open_position - g.closed_position) * g.multipliers[0]
         self._setup_gripper()
         self._setup_motors()
         self._q_target = [float(v) for v in spec.home]
@@ -113,12 +124,25 @@ class Arm:
         g = self.spec.gripper
         for joint, m in zip(g.joints[1:], g.multipliers[1:], strict=True):
             if joint in g.gear_coupled:
+                leader = g.joints.index(g.leader(joint))
                 follower = self.sim.joint_index(self.name, joint)
+                ratio = m / g.multipliers[leader]
                 self.sim.couple_joints(
-                    self.name, self.grip_idx[0], follower, m / g.multipliers[0], 10 * g.force
+                    self.name, self.grip_idx[leader], follower, ratio, 10 * g.force
                 )
         self._grip_motor_cols = [i for i, j in enumerate(g.joints) if j not in g.gear_coupled]
         self._grip_multipliers = [g.multipliers[c] for c in self._grip_motor_cols]
+        # Linkage joints that track their leader: (slot in the gripper targets, ratio to the
+        # leader, multiplier); the leaders' positions are read when commanding.
+        self._tracking: list[tuple[int, float, float]] = []
+        self._tracked_leaders: list[int] = []
+        if g.linkage_tracks_leader:
+            for slot, c in enumerate(self._grip_motor_cols):
+                if g.joints[c] in g.linkage_joints:
+                    leader = g.joints.index(g.leader(g.joints[c]))
+                    ratio = g.multipliers[c] / g.multipliers[leader]
+                    self._tracking.append((slot, ratio, g.multipliers[c]))
+                    self._tracked_leaders.append(self.grip_idx[leader])
         for link in g.finger_links:
             self.sim.set_dynamics(self.name, link, lateralFriction=1.0, spinningFriction=0.01)
 
@@ -129,7 +153,9 @@ class Arm:
         grip_forces = [g.joint_forces[c] for c in self._grip_motor_cols]
         self._motor_forces = [lim.effort for lim in self.spec.limits] + grip_forces
         self._motor_gains = [self.spec.position_gain] * len(self._motor_joints)
-        self._measured_joints = [*self.arm_idx, self.grip_idx[0]]
+        # Arm joint positions are observed only under joint control; the drive always.
+        arm = self.arm_idx if self.control == "joints" else []
+        self._measured_joints = [*arm, self.grip_idx[0]]
 
     @property
     def action_space(self) -> spaces.Box:
@@ -178,12 +204,22 @@ class Arm:
             step = self.spec.max_joint_step_rad
             q = [t + d * step for t, d in zip(self._q_target, a[:-1], strict=True)]
             self._q_target = _clip(q, self._lower, self._upper)
-        self._grip_drive = self._rate_limited_drive(0.5 * (a[-1] + 1.0))
-        self._command()
+        drive = self._rate_limited_drive(0.5 * (a[-1] + 1.0))
+        drive_change, self._grip_drive = drive - self._grip_drive, drive
+        self._command(drive_change)
 
-    def _command(self) -> None:
-        """Send arm and gripper position targets in one call."""
+    def _command(self, drive_change: float = 0.0) -> None:
+        """Send arm and gripper position targets in one call.
+
+        Args:
+            drive_change: Change of the gripper drive command this step (m or rad); tracking
+                linkage joints expect their leader to move by as much.
+        """
         grip = [self._grip_drive * m for m in self._grip_multipliers]
+        if self._tracking:
+            leaders = self.sim.joint_positions(self.name, self._tracked_leaders)
+            for (slot, ratio, m), q in zip(self._tracking, leaders, strict=True):
+                grip[slot] = ratio * q + drive_change * m
         self.sim.control_joints(
             self.name,
             self._motor_joints,
@@ -205,14 +241,16 @@ class Arm:
         Relative to the measured TCP (not to an integrated setpoint), so a closed-loop policy
         never fights an integrator; the target is clipped to the workspace box.
         """
-        setpoint = _clip(
-            [p + d for p, d in zip(self.tcp, delta_m, strict=True)], self.ws_low, self.ws_high
-        )
-        link_target = [p + o for p, o in zip(setpoint, self._link_from_tcp, strict=True)]
+        (x, y, z), (lx, ly, lz), lo, hi = self.tcp, self._link_from_tcp, self.ws_low, self.ws_high
+        link_target = [
+            min(max(x + delta_m[0], lo[0]), hi[0]) + lx,
+            min(max(y + delta_m[1], lo[1]), hi[1]) + ly,
+            min(max(z + delta_m[2], lo[2]), hi[2]) + lz,
+        ]
         solution = self.sim.inverse_kinematics(
             self.name, self.ee_idx, link_target, self._down, self.ik_iterations, self._ik_damping
         )
-        return _clip([solution[c] for c in self._ik_columns], self._lower, self._upper)
+        return _clip(self._arm_columns(solution), self._lower, self._upper)
 
     def measure(self, refresh: bool = False) -> None:
         """Read the TCP and joint positions once for this control step.
@@ -221,19 +259,20 @@ class Arm:
         positions are queried. ``refresh`` zeroes the velocity (after a reset, when joints were
         teleported).
         """
-        pos, orn = self.sim.get_link_pose(self.name, self.ee_idx)
+        (x, y, z), orn = self.sim.get_link_pose(self.name, self.ee_idx)
         if self._has_tcp_offset:
-            pos = [p + o for p, o in zip(pos, rotate(orn, self._tcp_offset), strict=True)]
+            ox, oy, oz = rotate(orn, self._tcp_offset)
+            x, y, z = x + ox, y + oy, z + oz
         if refresh:
             self.tcp_velocity = [0.0, 0.0, 0.0]
         else:
-            self.tcp_velocity = [(p - o) / self._dt for p, o in zip(pos, self.tcp, strict=True)]
-        self.tcp = list(pos)
+            px, py, pz = self.tcp
+            rate = self._rate_hz
+            self.tcp_velocity = [(x - px) * rate, (y - py) * rate, (z - pz) * rate]
+        self.tcp = [x, y, z]
         q = self.sim.joint_positions(self.name, self._measured_joints)
         self.q = q[:-1]
-        g = self.spec.gripper
-        drive = q[-1] / g.multipliers[0]
-        self.opening = (drive - g.closed_position) / (g.open_position - g.closed_position)
+        self.opening = (q[-1] - self._closed_q) / self._open_minus_closed_q
 
     def tcp_position(self) -> list[float]:
         """TCP position (m, world frame) at the last measurement, 3 floats."""

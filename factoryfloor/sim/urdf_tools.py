@@ -1,4 +1,4 @@
-"""URDF helpers that need no physics engine: resolving data roots and low-poly variants."""
+"""URDF helpers that need no physics engine: data roots and simulation variants of URDFs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import tempfile
 import xml.etree.ElementTree as ET
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from factoryfloor.robots.spec import JointOverride
 
 
 def data_root(root: str) -> Path:
@@ -51,6 +55,8 @@ def robot_urdf(
     lowpoly: bool = False,
     collision_boxes: dict[str, BoxOverride] | None = None,
     cache_dir: Path | None = None,
+    joint_overrides: dict[str, JointOverride] | None = None,
+    visual_only_links: tuple[str, ...] = (),
 ) -> Path:
     """Write (once) a variant of ``urdf`` adapted for simulation; return its path.
 
@@ -61,19 +67,35 @@ def robot_urdf(
       collision geometry, the centre given in the frame of the original collision element.
       Used for finger pads: a convex finger mesh touches a part at one point, a box face at
       four, which is what keeps a parallel grasp from pivoting.
+    * ``joint_overrides``: joint name -> changes to that joint (type, parent, origin, axis,
+      limits); its ``<mimic>`` tag is dropped. Used to re-express a closed linkage, which
+      pybullet cannot simulate, as the motion it produces.
+    * ``visual_only_links``: links whose collision geometry (and soft ``<contact>``) is dropped.
 
     Mesh paths are made absolute; the file is named by the hash of its content and written
     atomically, so concurrent processes share it safely.
     """
     boxes = collision_boxes or {}
-    if not lowpoly and not boxes:
+    overrides = joint_overrides or {}
+    if not lowpoly and not boxes and not overrides and not visual_only_links:
         return urdf
     root = ET.fromstring(urdf.read_bytes())
+    links = {link.get("name", "") for link in root.iter("link")}
+    joints = {joint.get("name", ""): joint for joint in root.iter("joint")}
+    unknown = (set(boxes) | set(visual_only_links)) - links
+    unknown |= set(overrides) - set(joints)
+    if unknown:
+        raise ValueError(f"{urdf.name} has no link or joint named {sorted(unknown)}")
     for link in root.iter("link"):
         if lowpoly:
             _swap_visuals(link, urdf.parent)
         if link.get("name") in boxes:
             _replace_collision(link, *boxes[link.get("name", "")])
+        if link.get("name") in visual_only_links:
+            for element in link.findall("collision") + link.findall("contact"):
+                link.remove(element)
+    for name, override in overrides.items():
+        _override_joint(joints[name], override, links)
     for mesh in root.iter("mesh"):
         mesh.set("filename", _resolve_mesh(mesh.get("filename", ""), urdf.parent))
     text = ET.tostring(root)
@@ -86,6 +108,42 @@ def robot_urdf(
             fh.write(text)
         os.replace(tmp, out)
     return out
+
+
+def _numbers(values: tuple[float, ...]) -> str:
+    """Full precision: pybullet warns about an axis that is not unit to double precision."""
+    return " ".join(repr(float(v)) for v in values)
+
+
+def _override_joint(joint: ET.Element, override: JointOverride, links: set[str]) -> None:
+    """Apply a JointOverride to a URDF ``<joint>`` element in place."""
+    if override.type is not None:
+        joint.set("type", override.type)
+    if override.parent is not None:
+        if override.parent not in links:
+            raise ValueError(f"joint {joint.get('name')!r}: no parent link {override.parent!r}")
+        parent = joint.find("parent")
+        if parent is None:
+            parent = ET.SubElement(joint, "parent")
+        parent.set("link", override.parent)
+    for tag, attribute, value in (
+        ("origin", "xyz", override.xyz),
+        ("origin", "rpy", override.rpy),
+        ("axis", "xyz", override.axis),
+    ):
+        if value is not None:
+            element = joint.find(tag)
+            if element is None:
+                element = ET.SubElement(joint, tag)
+            element.set(attribute, _numbers(value))
+    for attribute, limit in (("lower", override.lower), ("upper", override.upper)):
+        if limit is not None:
+            element = joint.find("limit")
+            if element is None:
+                element = ET.SubElement(joint, "limit", effort="0", velocity="0")
+            element.set(attribute, repr(float(limit)))
+    for mimic in joint.findall("mimic"):
+        joint.remove(mimic)
 
 
 def _rpy_matrix(rpy: list[float]) -> np.ndarray:

@@ -19,7 +19,7 @@ from factoryfloor.robots import (
     register_robot,
     robot_names,
 )
-from factoryfloor.sim.urdf_tools import data_root
+from factoryfloor.sim.urdf_tools import data_root, robot_urdf
 
 ROBOTS = robot_names()
 
@@ -62,16 +62,24 @@ def test_gripper_drive_maps_opening_to_joint_targets(name):
     np.testing.assert_allclose(targets, g.open_position * np.asarray(g.multipliers))
 
 
-def _urdf(spec: RobotSpec) -> ET.Element:
+def _urdf(spec: RobotSpec, tmp_path) -> ET.Element:
+    """The URDF as the simulator loads it (with the spec's joint overrides applied)."""
     path = data_root(spec.data_root) / spec.urdf
     assert path.is_file(), f"{spec.name}: URDF {path} is missing"
+    path = robot_urdf(
+        path,
+        collision_boxes=spec.collision_boxes,
+        joint_overrides=spec.joint_overrides,
+        visual_only_links=spec.visual_only_links,
+        cache_dir=tmp_path,
+    )
     return ET.parse(path).getroot()
 
 
 @pytest.mark.parametrize("name", ROBOTS)
-def test_spec_agrees_with_its_urdf(name):
+def test_spec_agrees_with_its_urdf(name, tmp_path):
     spec = get_robot_spec(name)
-    root = _urdf(spec)
+    root = _urdf(spec, tmp_path)
     joints = {j.get("name"): j for j in root.findall("joint")}
     links = {link.get("name") for link in root.findall("link")}
     for joint, lim in zip(spec.arm_joints, spec.limits, strict=True):
@@ -89,9 +97,16 @@ def test_spec_agrees_with_its_urdf(name):
         for drive in (g.open_position, g.closed_position):
             assert lo - 1e-9 <= drive * multiplier <= hi + 1e-9, f"{joint} target outside limits"
         mimic = joints[joint].find("mimic")
-        if mimic is not None:
-            assert multiplier == pytest.approx(float(mimic.get("multiplier", "1")))
-    for link in (spec.ee_link, *g.finger_links, *spec.collision_boxes, *spec.link_colors):
+        if mimic is not None and mimic.get("joint") in g.joints:
+            leader = g.multipliers[g.joints.index(mimic.get("joint"))]
+            assert multiplier == pytest.approx(float(mimic.get("multiplier", "1")) * leader)
+    links_named = (
+        *g.finger_links,
+        *spec.collision_boxes,
+        *spec.link_colors,
+        *spec.visual_only_links,
+    )
+    for link in (spec.ee_link, *links_named):
         assert link in links, f"{name}: no link {link!r} in the URDF"
 
 
