@@ -119,7 +119,9 @@ class PickPlaceExpert(ScriptedExpert):
         if self.phase in (3, 4) and float(np.linalg.norm(part - tcp)) > 0.05:  # slipped: retry
             self._next(0)
         target, grip, tol = self._targets(obs)[self.phase]
-        reached = tol > 0 and float(np.linalg.norm(target - tcp)) < tol and self.ready(part)
+        reached = tol > 0 and float(np.linalg.norm(target - tcp)) < tol
+        if self.phase == 0:  # only start descending on a part that can be picked now
+            reached = reached and self.ready(part)
         if reached or self.phase_steps >= self.budgets[self.phase]:
             self._next(self.phase + 1)
         feedforward = self.belt_velocity(obs) * self.dt if self.phase <= 2 else None

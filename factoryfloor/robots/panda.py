@@ -29,9 +29,10 @@ def panda() -> RobotSpec:
             multipliers=(1.0, 1.0),
             open_position=0.04,
             closed_position=0.0,
-            force=20.0,
+            force=20.0,  # the URDF's effort limit, per finger
             max_speed=0.15,
-            gear_coupled=(),
+            # the hand's fingers share one drive: the second follows the first (a gear constraint)
+            gear_coupled=("panda_finger_joint2",),
             finger_links=("panda_leftfinger", "panda_rightfinger"),
         ),
         limits=_LIMITS,
