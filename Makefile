@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= train,dev,bench
 PYTEST_ARGS ?= -m "not slow and not gui and not hardware" -n 2
 
-.PHONY: demo test test-all lint format bench clean
+.PHONY: demo test test-all lint format bench bench-train clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/sim_throughput.py --out bench_results/sim_throughput.json
+
+bench-train: $(STAMP)
+	$(PY) benchmarks/train_reach_check.py --out bench_results/train_reach_check.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info out bench_results

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -64,7 +65,57 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(args.task, args.robot, args.episodes, args.video_episodes, args.out)
 
 
+def _configure_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("task", metavar="TASK_ID", help="environment id, e.g. factoryfloor/Reach-v0")
+    p.add_argument("--algo", help="sac, td3, tqc or ppo (default: the task's, e.g. sac for Reach)")
+    p.add_argument("--timesteps", type=int, help="training budget in env steps (total)")
+    p.add_argument("--n-envs", type=int, help="parallel envs (1: in-process; more: subprocesses)")
+    p.add_argument("--seed", type=int, help="seed of the model, envs and random generators")
+    p.add_argument("--device", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--out", help="run folder (default: runs/<env>_<algo>_seed<seed>)")
+    p.add_argument("--config", type=Path, help="YAML file of TrainConfig fields (any subset)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    try:
+        from factoryfloor.policies import train as training
+        from factoryfloor.policies.train_config import resolve_config
+    except ImportError as exc:
+        print(
+            f"factoryfloor train: error: {exc}; pip install 'factoryfloor[train]'", file=sys.stderr
+        )
+        return 2
+    overrides = {
+        "timesteps": args.timesteps,
+        "n_envs": args.n_envs,
+        "seed": args.seed,
+        "device": args.device,
+        "out": args.out,
+        "progress_bar": False if args.no_progress else None,
+    }
+    cfg = resolve_config(args.task, args.algo, args.config, overrides, resume=args.resume)
+    run_dir = training.train(cfg, resume=args.resume)
+    summary = training.run_summary(run_dir)
+    last = summary["last_evaluation"] or {}
+    print(
+        f"run {run_dir}: {summary['num_timesteps']} env steps, "
+        f"success rate {last.get('success_rate')} (best {summary['best_success_rate']})"
+    )
+    if summary["interrupted_by"]:
+        print(f"stopped by {summary['interrupted_by']}; continue with: factoryfloor train "
+              f"{cfg.task} --out {run_dir} --resume", file=sys.stderr)  # fmt: skip
+        return 128 + int(getattr(signal.Signals, summary["interrupted_by"]))
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Configure, Run]] = {
+    "train": (
+        "train a policy with stable-baselines3 (HER for the goal tasks); writes a run folder",
+        _configure_train,
+        _run_train,
+    ),
     "eval": ("evaluate a policy on a task and report its success rate", _configure_eval, _run_eval),
     "demo": (
         "run the scripted expert headless and write a video of the cell",

@@ -1,0 +1,339 @@
+"""``TrainConfig``: every setting of a training run, and where its values come from.
+
+A config is resolved in layers, each overriding the one before:
+
+1. the field defaults below;
+2. the shipped file ``factoryfloor/policies/configs/<task>_<algo>.yaml`` (tuned per task and
+   algorithm; the algorithm defaults to the task's entry in ``DEFAULT_ALGOS``);
+3. a user file given with ``--config FILE.yaml`` (any subset of the fields);
+4. explicit overrides (the command line's ``--timesteps``, ``--seed``, ...).
+
+YAML files are only serialised ``TrainConfig`` instances: the same field names, nothing else.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# algo -> (module, class, off-policy). A registry, read by validation and by ``train``.
+ALGORITHMS: dict[str, tuple[str, str, bool]] = {
+    "sac": ("stable_baselines3", "SAC", True),
+    "td3": ("stable_baselines3", "TD3", True),
+    "tqc": ("sb3_contrib", "TQC", True),
+    "ppo": ("stable_baselines3", "PPO", False),
+}
+# task name (factoryfloor.sim.registry.ENV_SPECS) -> algorithm used when none is given
+DEFAULT_ALGOS: dict[str, str] = {"reach": "sac", "pick_place": "tqc", "conveyor_pick": "tqc"}
+HER_STRATEGIES = ("future", "final", "episode")
+RESUME_OVERRIDES = frozenset({"timesteps", "device", "progress_bar", "verbose", "out"})
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class ConfigError(ValueError):
+    """A config value or file that cannot be used; the message says how to fix it."""
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Settings of one training run (stable-baselines3, optionally with HER).
+
+    Attributes:
+        task: Gymnasium id of the task, e.g. ``"factoryfloor/Reach-v0"``.
+        algo: One of ``ALGORITHMS``: ``"sac"``, ``"td3"``, ``"tqc"`` (needs sb3-contrib), ``"ppo"``.
+        timesteps: Training budget in env steps, summed over the parallel envs (steps).
+        n_envs: Parallel envs: 1 runs in-process (DummyVecEnv), more run in subprocesses.
+        seed: Seed of the model, the envs and every global random generator.
+        device: Torch device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda[:N]"``.
+        out: Run folder; ``None`` means ``runs/<task>_<algo>_seed<seed>``.
+        env_kwargs: Keyword arguments of ``gymnasium.make`` (robot, control, reward, ...).
+        normalize: Normalise observations with running mean/std (VecNormalize); rewards are not.
+        net_arch: Hidden layer widths of the actor and critic MLPs (units).
+        policy_kwargs: Extra policy keyword arguments, e.g. ``{"n_critics": 1}``.
+        learning_rate: Adam learning rate (1/update).
+        batch_size: Transitions per gradient step (PPO: minibatch size).
+        gamma: Discount factor per env step, in (0, 1].
+        her: Relabel goals with SB3's HerReplayBuffer (off-policy algorithms only); ``None``
+            turns it on for off-policy algorithms on the goal-conditioned factoryfloor tasks.
+        her_n_sampled_goal: Relabelled goals per real transition.
+        her_goal_selection: HER strategy: ``"future"``, ``"final"`` or ``"episode"``.
+        buffer_size: Replay buffer capacity (transitions; off-policy only).
+        learning_starts: Env steps of random actions before the first update (off-policy only).
+        train_freq: Vectorised env steps (each ``n_envs`` transitions) between training phases.
+        gradient_steps: Gradient steps per training phase (-1: one per env step collected).
+        tau: Soft target update coefficient, in (0, 1] (off-policy only).
+        action_noise_std: Gaussian exploration noise, as a fraction of the action half-range
+            (0: none; used by TD3).
+        algo_kwargs: Extra constructor arguments of the algorithm, e.g. ``{"n_steps": 512}``.
+        eval_every_steps: Env steps between evaluations (steps).
+        eval_episodes: Episodes per evaluation; episode ``i`` is seeded ``eval_seed + i``.
+        eval_seed: Seed of the first evaluation episode.
+        checkpoint_every_steps: Env steps between "last" checkpoints (0: only at the end).
+        save_replay_buffer: Keep the replay buffer in "last" checkpoints, so that ``--resume``
+            continues off-policy training as it was (without it, a resumed run collects
+            ``learning_starts`` fresh env steps before its next update).
+        torch_threads: Torch intra-op CPU threads (0: torch's default).
+        tensorboard: Write TensorBoard logs (skipped, with a note, when it is not installed).
+        progress_bar: Show a progress bar (needs tqdm and rich).
+        verbose: SB3 verbosity: 0 quiet, 1 info, 2 debug.
+    """
+
+    task: str
+    algo: str = "sac"
+    timesteps: int = 100_000
+    n_envs: int = 1
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    normalize: bool = True
+    net_arch: list[int] = field(default_factory=lambda: [256, 256])
+    policy_kwargs: dict[str, Any] = field(default_factory=dict)
+    learning_rate: float = 1e-3
+    batch_size: int = 256
+    gamma: float = 0.95
+    her: bool | None = None
+    her_n_sampled_goal: int = 4
+    her_goal_selection: str = "future"
+    buffer_size: int = 1_000_000
+    learning_starts: int = 1_000
+    train_freq: int = 1
+    gradient_steps: int = 1
+    tau: float = 0.05
+    action_noise_std: float = 0.0
+    algo_kwargs: dict[str, Any] = field(default_factory=dict)
+    eval_every_steps: int = 5_000
+    eval_episodes: int = 50
+    eval_seed: int = 1_000_000
+    checkpoint_every_steps: int = 50_000
+    save_replay_buffer: bool = True
+    torch_threads: int = 1
+    tensorboard: bool = True
+    progress_bar: bool = True
+    verbose: int = 0
+
+    def __post_init__(self) -> None:
+        for f, hint in typing.get_type_hints(TrainConfig).items():
+            setattr(self, f, _coerce(f, getattr(self, f), hint))
+        if self.her is None:
+            self.her = (
+                self.algo in ALGORITHMS and self.off_policy and task_name(self.task) is not None
+            )
+        for name, ok, fix in self._checks():
+            if not ok:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not valid: {fix}")
+        self._check_task()
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        """(field, condition, how to fix) for every range check."""
+        off_policy = ALGORITHMS.get(self.algo, ("", "", True))[2]
+        return [
+            ("algo", self.algo in ALGORITHMS, f"choose one of {sorted(ALGORITHMS)}"),
+            ("timesteps", self.timesteps >= 1, "give a training budget >= 1 env step"),
+            ("n_envs", self.n_envs >= 1, "use 1 (in-process) or more (subprocesses)"),
+            ("seed", 0 <= self.seed < 2**32 - 1024, "use a seed in [0, 2**32 - 1024)"),
+            ("device", bool(_DEVICE.match(self.device)), "use auto, cpu, cuda, cuda:N or mps"),
+            ("net_arch", bool(self.net_arch) and min(self.net_arch) >= 1, "e.g. [64, 64]"),
+            ("learning_rate", 0 < self.learning_rate < 1, "use a small positive rate, e.g. 1e-3"),
+            ("batch_size", self.batch_size >= 1, "use a positive batch size, e.g. 256"),
+            ("gamma", 0 < self.gamma <= 1, "use a discount in (0, 1], e.g. 0.95"),
+            ("her", off_policy or not self.her, "set her: false for on-policy algorithms (ppo)"),
+            ("her_n_sampled_goal", self.her_n_sampled_goal >= 1, "use >= 1, e.g. 4"),
+            ("her_goal_selection", self.her_goal_selection in HER_STRATEGIES, str(HER_STRATEGIES)),
+            ("buffer_size", self.buffer_size >= self.batch_size, "use >= batch_size"),
+            ("learning_starts", self.learning_starts >= 0, "use >= 0 env steps"),
+            ("train_freq", self.train_freq >= 1, "use >= 1 vectorised env step"),
+            ("gradient_steps", self.gradient_steps >= 1 or self.gradient_steps == -1, ">= 1, -1"),
+            ("tau", 0 < self.tau <= 1, "use a coefficient in (0, 1], e.g. 0.05"),
+            ("action_noise_std", self.action_noise_std >= 0, "use >= 0 (0: no noise)"),
+            ("eval_every_steps", self.eval_every_steps >= 1, "use >= 1 env step"),
+            ("eval_episodes", self.eval_episodes >= 1, "use >= 1 episode, e.g. 50"),
+            ("eval_seed", self.eval_seed >= 0, "use a seed >= 0"),
+            ("checkpoint_every_steps", self.checkpoint_every_steps >= 0, "use >= 0 (0: at end)"),
+            ("torch_threads", self.torch_threads >= 0, "use >= 0 (0: torch's default)"),
+            ("verbose", self.verbose in (0, 1, 2), "use 0, 1 or 2"),
+        ]
+
+    def _check_task(self) -> None:
+        import gymnasium as gym
+
+        import factoryfloor  # noqa: F401  (registers the envs)
+
+        if self.task not in gym.registry:
+            ours = sorted(k for k in gym.registry if k.startswith("factoryfloor/"))
+            raise ConfigError(f"task={self.task!r} is not a registered env id; use one of {ours}")
+        max_steps = gym.registry[self.task].max_episode_steps or 0
+        needed = max_steps * self.n_envs
+        if self.her and self.learning_starts < needed:
+            raise ConfigError(
+                f"learning_starts={self.learning_starts} is too small: HER samples only finished "
+                f"episodes ({max_steps} steps x {self.n_envs} envs); "
+                f"set learning_starts >= {needed}"
+            )
+
+    @property
+    def off_policy(self) -> bool:
+        """Whether ``algo`` learns from a replay buffer."""
+        return ALGORITHMS[self.algo][2]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (what ``config.yaml`` holds)."""
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        """The config as YAML text, one key per field."""
+        return str(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_yaml(cls, path: Path | str, **overrides: Any) -> TrainConfig:
+        """Load a complete config file (e.g. a run's ``config.yaml``), then apply ``overrides``."""
+        return cls(**{**read_yaml(Path(path)), **overrides})
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The fields of a config file, checked against ``TrainConfig``'s field names.
+
+    Raises:
+        ConfigError: When the file is missing, is not a YAML mapping or has unknown keys.
+    """
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of field: value")
+    names = [f.name for f in fields(TrainConfig)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"unknown field {key!r} in {path}; {hint}valid fields: {names}")
+    return data
+
+
+def shipped_config(task: str, algo: str) -> Path | None:
+    """The shipped YAML of a task name and algorithm, or None when there is none."""
+    path = Path(str(resources.files("factoryfloor.policies") / "configs" / f"{task}_{algo}.yaml"))
+    return path if path.is_file() else None
+
+
+def task_name(env_id: str) -> str | None:
+    """The factoryfloor task name of an env id (``"reach"``), or None for other envs."""
+    from factoryfloor.sim.registry import ENV_SPECS
+
+    spec = ENV_SPECS.get(env_id)
+    return spec[0] if spec else None
+
+
+def load_config(
+    task: str,
+    algo: str | None = None,
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Resolve a config: defaults < shipped YAML < ``config_file`` < ``overrides``.
+
+    Args:
+        task: Gymnasium env id.
+        algo: Algorithm; None takes the user file's, else the task's default (``DEFAULT_ALGOS``).
+        config_file: Optional user YAML with any subset of the fields.
+        overrides: Field values that win over every file (None values are ignored).
+    """
+    user = read_yaml(config_file) if config_file is not None else {}
+    name = task_name(task)
+    algo = algo or user.get("algo") or DEFAULT_ALGOS.get(name or "", "sac")
+    shipped = shipped_config(name, algo) if name else None
+    base = read_yaml(shipped) if shipped else {}
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return TrainConfig(**{**base, **user, **given, "task": task, "algo": algo})
+
+
+def resume_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The config of an existing run, with the few fields that may change on resume.
+
+    Raises:
+        ConfigError: When the run has no ``config.yaml`` or an override is not allowed.
+    """
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} holds no run (no config.yaml); drop --resume to start one")
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    cfg = TrainConfig.from_yaml(path)
+    changed = sorted(
+        k for k, v in given.items() if k not in RESUME_OVERRIDES and getattr(cfg, k) != v
+    )
+    if changed:
+        raise ConfigError(
+            f"cannot change {changed} when resuming (the run's config.yaml is used); only "
+            f"{sorted(RESUME_OVERRIDES)} may change, or start a new run in another --out folder"
+        )
+    return replace(cfg, **{k: v for k, v in given.items() if k in RESUME_OVERRIDES})
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as the annotated type, or a ConfigError that says what was expected."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(hint) or hint
+    if origin is bool and isinstance(value, bool):
+        return value
+    if origin is int and _is_number(value) and float(value).is_integer():
+        return int(value)
+    if origin is float and _is_number(value):
+        return float(value)
+    if origin is str and isinstance(value, str | Path):
+        return str(value)
+    if origin is list and isinstance(value, list | tuple) and all(_is_int(v) for v in value):
+        return [int(v) for v in value]
+    if origin is dict and isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return dict(value)
+    kind = getattr(origin, "__name__", str(origin))
+    extra = " (YAML reads 1e5 as text: write 100000 or 1.0e+5)" if isinstance(value, str) else ""
+    raise ConfigError(f"{name} must be {kind}, got {value!r} ({type(value).__name__}){extra}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return _is_number(value) and float(value).is_integer()
+
+
+def run_folder(cfg: TrainConfig) -> Path:
+    """``cfg.out``, or ``runs/<env name>_<algo>_seed<seed>`` when it is not set."""
+    if cfg.out:
+        return Path(cfg.out)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", cfg.task.split("/")[-1])
+    return Path("runs") / f"{name}_{cfg.algo}_seed{cfg.seed}"
+
+
+def resolve_config(
+    task: str,
+    algo: str | None = None,
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    resume: bool = False,
+) -> TrainConfig:
+    """``load_config`` for a new run; for ``resume``, the run's own config (``resume_config``).
+
+    The run folder resumed is ``overrides["out"]``, or the default folder of the task,
+    algorithm and seed.
+    """
+    if not resume:
+        return load_config(task, algo, config_file, overrides)
+    if config_file is not None:
+        raise ConfigError("--config cannot be used with --resume (the run's config.yaml is used)")
+    run_dir = run_folder(load_config(task, algo, None, overrides))
+    return resume_config(run_dir, {"task": task, "algo": algo, **(overrides or {})})
