@@ -18,7 +18,11 @@ Run = Callable[[argparse.Namespace], int]
 
 def _configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("env_id", help="environment id, e.g. factoryfloor/PickPlace-v0")
-    p.add_argument("--policy", default="expert", help="policy to run (default: expert)")
+    p.add_argument(
+        "--policy",
+        default="expert",
+        help="expert, a run folder (its best checkpoint) or a .ffpolicy bundle (default: expert)",
+    )
     p.add_argument("--episodes", type=int, default=10, help="number of episodes (default: 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first episode (default: 0)")
     p.add_argument("--robot", default="panda", help="robot name (default: panda)")
@@ -110,6 +114,42 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "run_dir", metavar="RUN", type=Path, help="run folder written by factoryfloor train"
+    )
+    p.add_argument("--out", type=Path, required=True, help="bundle to write (NAME.ffpolicy)")
+    p.add_argument(
+        "--checkpoint", choices=("best", "last"), default="best", help="checkpoint (default: best)"
+    )
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    try:
+        from factoryfloor.policies.export import export_run
+    except ImportError as exc:
+        print(
+            f"factoryfloor export: error: {exc}; pip install 'factoryfloor[train]'", file=sys.stderr
+        )
+        return 2
+    if args.out.suffix != ".ffpolicy":
+        raise ValueError(f"--out {args.out} must end with .ffpolicy")
+    if not args.run_dir.is_dir():
+        raise ValueError(
+            f"no run folder at {args.run_dir}; pass the --out folder of factoryfloor train"
+        )
+    manifest = export_run(args.run_dir, args.out, args.checkpoint)
+    check = manifest["export_check"]
+    diffs = ", ".join(f"{k} {v:.3g}" for k, v in check["max_abs_diff"].items())
+    print(
+        f"wrote {args.out} ({manifest['bytes']} bytes): {manifest['task_id']}, "
+        f"{manifest['metrics']['checkpoint']} checkpoint at {manifest['metrics']['num_timesteps']} "
+        f"steps; parity on {check['observations']} observations: max abs diff {diffs} "
+        f"(tolerance {check['tolerance']:g})"
+    )
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Configure, Run]] = {
     "train": (
         "train a policy with stable-baselines3 (HER for the goal tasks); writes a run folder",
@@ -117,6 +157,11 @@ COMMANDS: dict[str, tuple[str, Configure, Run]] = {
         _run_train,
     ),
     "eval": ("evaluate a policy on a task and report its success rate", _configure_eval, _run_eval),
+    "export": (
+        "export a training run to a one-file .ffpolicy bundle (ONNX + manifest), parity-checked",
+        _configure_export,
+        _run_export,
+    ),
     "demo": (
         "run the scripted expert headless and write a video of the cell",
         _configure_demo,

@@ -45,9 +45,76 @@ def _expert_policy(env: gym.Env[Any, Any]) -> tuple[Policy, Callable[[], None]]:
     return expert.act, expert.reset
 
 
-POLICIES: dict[str, Callable[[gym.Env[Any, Any]], tuple[Policy, Callable[[], None]]]] = {
+PolicyFactory = Callable[[gym.Env[Any, Any]], tuple[Policy, Callable[[], None]]]
+
+POLICIES: dict[str, PolicyFactory] = {
     "expert": _expert_policy,
 }
+
+
+def _check_obs_shapes(
+    env: gym.Env[Any, Any], shapes: dict[str, tuple[int, ...]], what: str
+) -> None:
+    space = env.observation_space
+    assert isinstance(space, gym.spaces.Dict)
+    env_shapes = {k: tuple(s.shape or ()) for k, s in space.spaces.items() if k in shapes}
+    if env_shapes != shapes:
+        raise ValueError(f"{what} expects observations {shapes}, but the env gives {env_shapes}")
+
+
+def _bundle_policy(path: Path) -> PolicyFactory:
+    """A ``.ffpolicy`` bundle (``factoryfloor.policies.bundle``), run without torch."""
+
+    def factory(env: gym.Env[Any, Any]) -> tuple[Policy, Callable[[], None]]:
+        from factoryfloor.policies.bundle import load_bundle
+
+        policy = load_bundle(path)
+        spaces = policy.manifest["observation"]["spaces"]
+        _check_obs_shapes(env, {k: tuple(spaces[k]["shape"]) for k in policy.keys}, str(path))
+        return policy.act, policy.reset
+
+    return factory
+
+
+def _run_policy(run: Path) -> PolicyFactory:
+    """The SB3 model of a training run's best checkpoint (deterministic actions)."""
+
+    def factory(env: gym.Env[Any, Any]) -> tuple[Policy, Callable[[], None]]:
+        from factoryfloor.policies.export import load_run_model
+
+        model, vecnorm, _, _ = load_run_model(run, "best")
+        space = model.observation_space
+        assert isinstance(space, gym.spaces.Dict)
+        _check_obs_shapes(env, {k: tuple(s.shape or ()) for k, s in space.spaces.items()}, str(run))
+        normalize = vecnorm.normalize_obs if vecnorm is not None else (lambda o: o)
+
+        def act(obs: dict[str, np.ndarray]) -> np.ndarray:
+            return np.asarray(model.predict(normalize(obs), deterministic=True)[0])
+
+        return act, lambda: None
+
+    return factory
+
+
+def resolve_policy(policy: str) -> PolicyFactory:
+    """A ``POLICIES`` name, a run folder (its best checkpoint) or a ``.ffpolicy`` bundle.
+
+    Raises:
+        ValueError: With the valid choices, when ``policy`` is none of these.
+    """
+    if policy in POLICIES:
+        return POLICIES[policy]
+    path = Path(policy)
+    if path.is_dir():
+        return _run_policy(path)
+    if path.suffix == ".ffpolicy":
+        if not path.is_file():
+            raise ValueError(f"no policy bundle at {path}")
+        return _bundle_policy(path)
+    raise ValueError(
+        f"unknown policy {policy!r}; choose one of {sorted(POLICIES)}, a run folder or a "
+        ".ffpolicy bundle"
+    )
 
 
 def evaluate(
@@ -64,7 +131,8 @@ def evaluate(
 
     Args:
         env_id: Registered id, e.g. ``"factoryfloor/PickPlace-v0"``.
-        policy: A name from ``POLICIES`` (``"expert"``: the task's scripted expert).
+        policy: A name from ``POLICIES`` (``"expert"``: the task's scripted expert), a run
+            folder of ``factoryfloor train`` (its best checkpoint) or a ``.ffpolicy`` bundle.
         episodes: Number of episodes (>= 1).
         seed: Seed of the first episode.
         robot: Robot name.
@@ -75,15 +143,18 @@ def evaluate(
     Raises:
         ValueError: With the valid choices, for an unknown policy or a bad episode count.
     """
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; choose one of {sorted(POLICIES)}")
+    make_policy = resolve_policy(policy)
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     kwargs = {"robot": robot, **(env_kwargs or {})}
     if video is not None:
         kwargs["render_mode"] = "rgb_array"
     env = gym.make(env_id, **kwargs)
-    act, reset_policy = POLICIES[policy](env)
+    try:
+        act, reset_policy = make_policy(env)
+    except BaseException:
+        env.close()
+        raise
     writer = VideoWriter(video, fps=env.metadata["render_fps"]) if video is not None else None
     returns, lengths, successes, steps = [], [], [], 0
     start = time.perf_counter()

@@ -1,0 +1,370 @@
+"""Export a training run to a one-file policy bundle (``factoryfloor export``).
+
+``export_run(run, out)`` loads the run's SB3 model through ``checkpoint.json``, wraps its
+deterministic actor (SAC/TQC: the tanh-squashed mean; TD3: the actor) with the flattening of
+the Dict observation, the VecNormalize statistics and the action scaling in one torch module,
+exports it to ONNX and, for MLP actors, to NumPy arrays, and writes the bundle atomically.
+Before the file appears, the bundle checks itself: on ``PARITY_OBSERVATIONS`` observations (real
+env observations from random-action episodes plus perturbations of them) the actions of both
+backends must equal SB3's ``model.predict(obs, deterministic=True)`` within ``PARITY_TOLERANCE``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+from torch import nn
+
+import factoryfloor  # registers the envs
+from factoryfloor.policies import bundle as bd
+from factoryfloor.policies import checkpoint as ckpt
+from factoryfloor.policies.train import algorithm_class
+from factoryfloor.policies.train_config import TrainConfig
+
+PARITY_OBSERVATIONS = 1000
+PARITY_TOLERANCE = 1e-5
+OPSET = 17
+SQUASHED_MEAN = ("sac", "tqc")  # actor's Gaussian mean through tanh
+DIRECT_ACTOR = ("td3",)  # actor(obs) is already the tanh output
+ACTIVATION_NAMES = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.ELU: "elu"}
+_SMALL_BUFFER = {"buffer_size": 1}
+OBS_UNITS = {
+    "observation": "robot: TCP position (m, world), TCP velocity (m/s), gripper opening "
+    "(0 closed .. 1 open)[, joint angles (rad)]; then the task's object state (m, m/s)",
+    "achieved_goal": "m (world frame)",
+    "desired_goal": "m (world frame)",
+}
+
+
+class ExportError(ValueError):
+    """The run cannot be exported, or the exported bundle failed its parity check."""
+
+
+class DeployedActor(nn.Module):
+    """Raw Dict observation (one tensor per key) -> env action, for ONNX export."""
+
+    def __init__(self, model: BaseAlgorithm, algo: str, norm: dict[str, np.ndarray]) -> None:
+        super().__init__()
+        self.actor: Any = getattr(model.policy, "actor")  # noqa: B009  (SAC/TQC/TD3 policies)
+        self.algo = algo
+        space = model.observation_space
+        assert isinstance(space, gym.spaces.Dict)
+        self.keys = list(space.spaces)
+        self.shapes = [tuple(space[k].shape or ()) for k in self.keys]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.norm_mean: torch.Tensor
+        self.norm_std: torch.Tensor
+        self.norm_low: torch.Tensor
+        self.norm_high: torch.Tensor
+        self.low: torch.Tensor
+        self.high: torch.Tensor
+        for name, value in norm.items():
+            self.register_buffer(name, torch.as_tensor(value, dtype=torch.float64))
+        box = model.action_space
+        assert isinstance(box, gym.spaces.Box)
+        self.register_buffer("low", torch.as_tensor(box.low, dtype=torch.float32))
+        self.register_buffer("high", torch.as_tensor(box.high, dtype=torch.float32))
+
+    def forward(self, *obs: torch.Tensor) -> torch.Tensor:
+        """Actions ``(batch, *action_shape)`` in the env's action space."""
+        flat = torch.cat([o.reshape(o.shape[0], -1) for o in obs], dim=1).double()
+        x = (flat - self.norm_mean) / self.norm_std
+        x = torch.max(torch.min(x, self.norm_high), self.norm_low).float()
+        parts = torch.split(x, self.sizes, dim=1)
+        named = {
+            k: p.reshape(-1, *s) for k, p, s in zip(self.keys, parts, self.shapes, strict=True)
+        }
+        if self.algo in SQUASHED_MEAN:
+            mean, _, _ = self.actor.get_action_dist_params(named)
+            scaled = torch.tanh(mean)
+        else:
+            scaled = self.actor(named)
+        return self.low + 0.5 * (scaled + 1.0) * (self.high - self.low)
+
+
+def load_run_model(
+    run: Path, which: str = "best"
+) -> tuple[BaseAlgorithm, VecNormalize | None, TrainConfig, ckpt.Checkpoint]:
+    """The SB3 model and VecNormalize of a run's ``best`` or ``last`` checkpoint (CPU).
+
+    Raises:
+        ExportError: When ``run`` is not a run folder.
+        CheckpointError: When the checkpoint is missing or corrupted.
+    """
+    if not (run / "config.yaml").is_file():
+        raise ExportError(f"{run} is not a run folder (no config.yaml); train one first")
+    cfg = TrainConfig.from_yaml(run / "config.yaml")
+    if cfg.algo not in (*SQUASHED_MEAN, *DIRECT_ACTOR):
+        raise ExportError(f"export supports sac, tqc and td3 runs, not {cfg.algo!r}")
+    checkpoint = ckpt.read_checkpoint(run / "checkpoints" / which)
+    venv = DummyVecEnv([lambda: gym.make(cfg.task, **cfg.env_kwargs)])
+    vecnorm = None
+    if "vecnormalize" in checkpoint.paths:
+        vecnorm = ckpt.load_file(
+            checkpoint, "vecnormalize", lambda p: VecNormalize.load(str(p), venv)
+        )
+        vecnorm.training = False
+    cls = algorithm_class(cfg.algo)
+    try:  # HER models need an env to load; the replay buffer is not needed
+        model = ckpt.load_file(
+            checkpoint,
+            "model",
+            lambda p: cls.load(p, env=vecnorm or venv, device="cpu", custom_objects=_SMALL_BUFFER),
+        )
+    finally:
+        venv.close()
+    return model, vecnorm, cfg, checkpoint
+
+
+def normalization_arrays(model: BaseAlgorithm, vecnorm: VecNormalize | None) -> dict[str, Any]:
+    """Per flattened element: mean, std (sqrt(var + eps)), clip low/high (float64)."""
+    space = model.observation_space
+    assert isinstance(space, gym.spaces.Dict)
+    means, stds, lows, highs = [], [], [], []
+    for key, sub in space.spaces.items():
+        n = int(np.prod(sub.shape or ()))
+        rms = vecnorm.obs_rms.get(key) if vecnorm is not None and vecnorm.norm_obs else None
+        if vecnorm is not None and key in (vecnorm.norm_obs_keys or []) and rms is not None:
+            means.append(np.asarray(rms.mean, np.float64).reshape(-1))
+            stds.append(np.sqrt(np.asarray(rms.var, np.float64) + vecnorm.epsilon).reshape(-1))
+            lows.append(np.full(n, -vecnorm.clip_obs))
+            highs.append(np.full(n, vecnorm.clip_obs))
+        else:
+            means.append(np.zeros(n))
+            stds.append(np.ones(n))
+            lows.append(np.full(n, -np.inf))
+            highs.append(np.full(n, np.inf))
+    cat = np.concatenate
+    return {
+        "norm_mean": cat(means),
+        "norm_std": cat(stds),
+        "norm_low": cat(lows),
+        "norm_high": cat(highs),
+    }
+
+
+def _check_flatten_features(model: BaseAlgorithm) -> None:
+    extractor = getattr(model.policy, "actor").features_extractor  # noqa: B009
+    subs = getattr(extractor, "extractors", None)
+    if subs is None or not all(isinstance(m, nn.Flatten) for m in subs.values()):
+        raise ExportError(
+            f"export supports Dict observations of vectors (CombinedExtractor of Flatten), "
+            f"not {type(extractor).__name__}"
+        )
+
+
+def onnx_bytes(module: DeployedActor) -> bytes:
+    """The ONNX graph of ``module`` (batch dimension dynamic)."""
+    dummy = tuple(torch.zeros(1, *s) for s in module.shapes)
+    axes = {k: {0: "batch"} for k in [*module.keys, "action"]}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            dummy,
+            buffer,  # type: ignore[arg-type]
+            input_names=module.keys,
+            output_names=["action"],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+def mlp_arrays(model: BaseAlgorithm, algo: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Linear layers of an MLP actor as arrays, and its manifest description.
+
+    Returns empty arrays and ``{"numpy": False}`` when the actor is not a plain MLP.
+    """
+    actor: Any = getattr(model.policy, "actor")  # noqa: B009
+    squash: str | None
+    if algo in SQUASHED_MEAN:
+        modules = [*actor.latent_pi, actor.mu]
+        squash = "tanh"
+    else:
+        modules = list(actor.mu)
+        squash = "tanh" if isinstance(modules[-1], nn.Tanh) else None
+        modules = modules[:-1] if squash else modules
+    linears = [m for m in modules if isinstance(m, nn.Linear)]
+    acts = {ACTIVATION_NAMES.get(type(m)) for m in modules if not isinstance(m, nn.Linear)}
+    plain = len(linears) + max(len(linears) - 1, 0) == len(modules) and None not in acts
+    if not plain or len(acts) > 1 or getattr(actor, "use_sde", False):
+        return {}, {"numpy": False}
+    arrays = {}
+    for i, layer in enumerate(linears):
+        arrays[f"w{i}"] = layer.weight.detach().cpu().numpy().T.astype(np.float32)
+        arrays[f"b{i}"] = layer.bias.detach().cpu().numpy().astype(np.float32)
+    info = {
+        "numpy": True,
+        "layers": len(linears),
+        "activation": acts.pop() if acts else "relu",
+        "squash": squash,
+        "hidden_sizes": [int(layer.out_features) for layer in linears[:-1]],
+    }
+    return arrays, info
+
+
+def parity_observations(
+    task: str, env_kwargs: dict[str, Any], n: int = PARITY_OBSERVATIONS, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """``n`` observations: random-action episodes, then Gaussian perturbations of them."""
+    env = gym.make(task, **env_kwargs)
+    rng = np.random.default_rng(seed)
+    env.action_space.seed(seed)
+    real: list[dict[str, np.ndarray]] = []
+    try:
+        episode = 0
+        while len(real) < n // 4:
+            obs, _ = env.reset(seed=seed + episode)
+            real.append(obs)
+            done = False
+            while not done and len(real) < n // 4:
+                obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+                real.append(obs)
+                done = terminated or truncated
+            episode += 1
+    finally:
+        env.close()
+    base = {k: np.stack([o[k] for o in real]).astype(np.float32) for k in real[0]}
+    picks = rng.integers(0, len(real), n - len(real))
+    out = {}
+    for key, arr in base.items():
+        scale = 0.1 * np.abs(arr[picks]) + 0.05
+        noisy = arr[picks] + scale * rng.standard_normal(arr[picks].shape)
+        out[key] = np.concatenate([arr, noisy.astype(np.float32)])
+    return out
+
+
+def measure_parity(
+    model: BaseAlgorithm,
+    vecnorm: VecNormalize | None,
+    policy: bd.BundlePolicy,
+    obs: dict[str, np.ndarray],
+) -> float:
+    """Max abs difference between the bundle's and SB3's deterministic actions."""
+    normalized = vecnorm.normalize_obs(obs) if vecnorm is not None else obs
+    expected, _ = model.predict(normalized, deterministic=True)
+    return float(np.max(np.abs(policy.act_batch(obs) - expected)))
+
+
+def export_run(run: Path, out: Path, which: str = "best") -> dict[str, Any]:
+    """Export ``run``'s ``which`` checkpoint to the bundle ``out``; return its manifest.
+
+    Raises:
+        ExportError: For an unsupported run or a failed parity check (no file is left).
+        CheckpointError: For a missing or corrupted checkpoint.
+    """
+    model, vecnorm, cfg, checkpoint = load_run_model(run, which)
+    _check_flatten_features(model)
+    norm = normalization_arrays(model, vecnorm)
+    module = DeployedActor(model, cfg.algo, norm).eval()
+    members = {bd.ONNX: onnx_bytes(module)}
+    arrays, actor_info = mlp_arrays(model, cfg.algo)
+    if arrays:
+        buffer = io.BytesIO()
+        np.savez(buffer, **norm, **arrays)  # type: ignore[arg-type]
+        members[bd.NPZ] = buffer.getvalue()
+    manifest = build_manifest(run, cfg, checkpoint, module, vecnorm, actor_info, which)
+    manifest["command"]["export"][4] = str(out)
+    obs = parity_observations(cfg.task, cfg.env_kwargs)
+    diffs = {}
+    for backend in ("onnxruntime", "numpy") if arrays else ("onnxruntime",):
+        data = bd.pack_bundle(manifest, members)
+        diffs[backend] = measure_parity(model, vecnorm, bd.bundle_from_bytes(data, backend), obs)
+    worst = max(diffs.values())
+    if not worst <= PARITY_TOLERANCE:
+        raise ExportError(
+            f"export parity check failed: max |bundle - SB3 predict| = {worst:.3g} > "
+            f"{PARITY_TOLERANCE:g} ({diffs}); no bundle written"
+        )
+    manifest["export_check"] = {
+        "observations": len(next(iter(obs.values()))),
+        "tolerance": PARITY_TOLERANCE,
+        "max_abs_diff": diffs,
+    }
+    data = bd.pack_bundle(manifest, members)
+    bd.bundle_from_bytes(data, "auto")  # the final bytes verify
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write(out, lambda p: p.write_bytes(data))
+    result: dict[str, Any] = json.loads(json.dumps({**manifest, "bytes": len(data)}))
+    return result
+
+
+def build_manifest(
+    run: Path,
+    cfg: TrainConfig,
+    checkpoint: ckpt.Checkpoint,
+    module: DeployedActor,
+    vecnorm: VecNormalize | None,
+    actor_info: dict[str, Any],
+    which: str = "best",
+) -> dict[str, Any]:
+    """Every manifest field but ``files`` (see ``factoryfloor.policies.bundle``)."""
+    env = gym.make(cfg.task, **cfg.env_kwargs)
+    try:
+        unwrapped: Any = env.unwrapped
+        rate_hz = 1.0 / float(unwrapped.sim.physics.control_dt_s)
+        robot = str(cfg.env_kwargs.get("robot", unwrapped.robot.spec.name))
+        control = str(cfg.env_kwargs.get("control", "ee"))
+    finally:
+        env.close()
+    low, high = module.low.numpy(), module.high.numpy()
+    spaces = {
+        k: {"shape": list(s), "dtype": "float32", "units": OBS_UNITS.get(k, "")}
+        for k, s in zip(module.keys, module.shapes, strict=True)
+    }
+    evaluations = (run / "evaluations.jsonl").read_text(encoding="utf-8").splitlines()
+    provenance = json.loads((run / "environment.json").read_text(encoding="utf-8"))
+    return {
+        "format": bd.FORMAT,
+        "format_version": bd.FORMAT_VERSION,
+        "task_id": cfg.task,
+        "robot": robot,
+        "control_rate_hz": rate_hz,
+        "observation": {
+            "keys": module.keys,
+            "spaces": spaces,
+            "flatten": "each key raveled (C order), concatenated in 'keys' order, float32",
+        },
+        "action": {
+            "shape": list(low.shape),
+            "dtype": "float32",
+            "low": low.tolist(),
+            "high": high.tolist(),
+            "control": control,
+            "units": "normalised command in [low, high]; see the robot's control mode",
+        },
+        "normalization": None
+        if vecnorm is None
+        else {
+            "type": "VecNormalize",
+            "keys": list(vecnorm.norm_obs_keys or []),
+            "epsilon": vecnorm.epsilon,
+            "clip_obs": vecnorm.clip_obs,
+            "in_graph": True,
+        },
+        "actor": {"algo": cfg.algo, "onnx_opset": OPSET, "net_arch": cfg.net_arch, **actor_info},
+        "training": cfg.to_dict(),
+        "metrics": {
+            "checkpoint": checkpoint.folder.name,
+            "num_timesteps": checkpoint.num_timesteps,
+            "checkpoint_evaluation": checkpoint.manifest.get("evaluation"),
+            "last_evaluation": json.loads(evaluations[-1]) if evaluations else None,
+        },
+        "command": {
+            "train": provenance.get("command"),
+            "export": ["factoryfloor", "export", str(run), "--out", "OUT", "--checkpoint", which],
+        },
+        "factoryfloor_version": factoryfloor.__version__,
+    }
