@@ -100,3 +100,18 @@ def test_console_scripts_resolve(wheel):
     for name, target in scripts.items():
         module, _, attr = target.partition(":")
         assert callable(getattr(importlib.import_module(module), attr)), name
+
+
+def test_wheel_contains_policy_configs_and_pretrained_bundles(wheel, repo_root):
+    path, _ = wheel
+    policies = repo_root / "factoryfloor" / "policies"
+    expected = sorted(
+        p.relative_to(repo_root).as_posix()
+        for pattern in ("configs/*.yaml", "pretrained/*.ffpolicy", "pretrained/README.md")
+        for p in policies.glob(pattern)
+    )
+    assert any(p.endswith(".ffpolicy") for p in expected)
+    assert any(p.endswith("reach_sac.yaml") for p in expected)
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+    assert [p for p in expected if p not in names] == []
