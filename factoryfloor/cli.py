@@ -80,6 +80,10 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML file of TrainConfig fields (any subset)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--demos",
+        help="demonstrations folder (factoryfloor demos record) to seed the replay buffer",
+    )
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -98,6 +102,7 @@ def _run_train(args: argparse.Namespace) -> int:
         "device": args.device,
         "out": args.out,
         "progress_bar": False if args.no_progress else None,
+        "demos": args.demos,
     }
     cfg = resolve_config(args.task, args.algo, args.config, overrides, resume=args.resume)
     run_dir = training.train(cfg, resume=args.resume)
@@ -111,6 +116,36 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"stopped by {summary['interrupted_by']}; continue with: factoryfloor train "
               f"{cfg.task} --out {run_dir} --resume", file=sys.stderr)  # fmt: skip
         return 128 + int(getattr(signal.Signals, summary["interrupted_by"]))
+    return 0
+
+
+def _configure_demos(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rec = sub.add_parser(
+        "record", help="record scripted-expert episodes", description="record scripted-expert "
+        "episodes (format: factoryfloor.policies.demos)",
+    )  # fmt: skip
+    rec.add_argument("task", metavar="TASK_ID", help="environment id, e.g. factoryfloor/Reach-v0")
+    rec.add_argument("--episodes", type=int, required=True, help="episodes to write")
+    rec.add_argument("--out", type=Path, required=True, help="folder to write (must be new)")
+    rec.add_argument("--robot", default="panda", help="robot name (default: panda)")
+    rec.add_argument("--seed", type=int, default=0, help="seed of the first episode (default: 0)")
+    rec.add_argument(
+        "--keep-failures", action="store_true", help="keep failed episodes (default: skip them)"
+    )
+
+
+def _run_demos(args: argparse.Namespace) -> int:
+    from factoryfloor.policies.demos import record_demos
+
+    index = record_demos(
+        args.task, args.episodes, args.out, args.robot, args.seed, not args.keep_failures
+    )
+    n_ok = sum(e["success"] for e in index["episodes"])
+    print(
+        f"wrote {len(index['episodes'])} episodes ({index['total_transitions']} transitions, "
+        f"{n_ok} successful, {index['attempts']} attempts) to {args.out}"
+    )
     return 0
 
 
@@ -161,6 +196,11 @@ COMMANDS: dict[str, tuple[str, Configure, Run]] = {
         "export a training run to a one-file .ffpolicy bundle (ONNX + manifest), parity-checked",
         _configure_export,
         _run_export,
+    ),
+    "demos": (
+        "record scripted-expert demonstrations (train --demos seeds the replay buffer with them)",
+        _configure_demos,
+        _run_demos,
     ),
     "demo": (
         "run the scripted expert headless and write a video of the cell",

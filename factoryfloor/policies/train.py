@@ -11,7 +11,9 @@
 
 Checkpoints are written atomically (see ``factoryfloor.policies.checkpoint``). ``resume=True``
 continues the run from ``checkpoints/last``. SIGINT or SIGTERM stops training cleanly at the next
-env step and writes ``checkpoints/last`` first; a second SIGINT aborts at once.
+env step and writes ``checkpoints/last`` first; a second SIGINT aborts at once. With
+``cfg.demos``, a new run's replay buffer is seeded with the demonstrations first
+(``factoryfloor.policies.demos``); a resumed run finds them in its saved replay buffer.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         if last is None:
             venv = VecNormalize(venv, norm_reward=False, gamma=cfg.gamma) if cfg.normalize else venv
             model = _build_model(cfg, venv, device, tb_dir)
+            if cfg.demos:
+                _add_demos(cfg, model, eval_env)
         else:
             try:
                 model, venv = _load_last(cfg, last, venv, device, tb_dir)
@@ -257,6 +261,17 @@ def _load_last(
         vecnorm.training = True
         model._last_original_obs = vecnorm.get_original_obs()
     return model, venv
+
+
+def _add_demos(cfg: TrainConfig, model: BaseAlgorithm, env: gym.Env[Any, Any]) -> None:
+    """Seed a new run's replay buffer with ``cfg.demos`` (refused when made for another env)."""
+    from factoryfloor.policies.demos import check_compatible, load_demos, seed_replay_buffer
+
+    demos = load_demos(cfg.demos or "", env_id=cfg.task)
+    check_compatible(demos, env, str(cfg.env_kwargs.get("robot", "panda")))
+    added = seed_replay_buffer(model, demos)
+    if cfg.verbose:
+        print(f"replay buffer seeded with {added} demonstration transitions from {cfg.demos}")
 
 
 def _tensorboard_dir(cfg: TrainConfig, run_dir: Path) -> Path | None:

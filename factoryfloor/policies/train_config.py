@@ -83,6 +83,10 @@ class TrainConfig:
         tensorboard: Write TensorBoard logs (skipped, with a note, when it is not installed).
         progress_bar: Show a progress bar (needs tqdm and rich).
         verbose: SB3 verbosity: 0 quiet, 1 info, 2 debug.
+        demos: Folder of scripted-expert demonstrations (``factoryfloor demos record``) whose
+            transitions are added to the replay buffer before learning starts (off-policy
+            only; HER relabels them too). They must be recorded on the same task, robot and
+            spaces. ``None``: no demonstrations. A resumed run does not add them again.
     """
 
     task: str
@@ -118,6 +122,7 @@ class TrainConfig:
     tensorboard: bool = True
     progress_bar: bool = True
     verbose: int = 0
+    demos: str | None = None
 
     def __post_init__(self) -> None:
         for f, hint in typing.get_type_hints(TrainConfig).items():
@@ -159,6 +164,7 @@ class TrainConfig:
             ("checkpoint_every_steps", self.checkpoint_every_steps >= 0, "use >= 0 (0: at end)"),
             ("torch_threads", self.torch_threads >= 0, "use >= 0 (0: torch's default)"),
             ("verbose", self.verbose in (0, 1, 2), "use 0, 1 or 2"),
+            ("demos", off_policy or not self.demos, "demos seed a replay buffer: sac, td3, tqc"),
         ]
 
     def _check_task(self) -> None:
@@ -171,7 +177,7 @@ class TrainConfig:
             raise ConfigError(f"task={self.task!r} is not a registered env id; use one of {ours}")
         max_steps = gym.registry[self.task].max_episode_steps or 0
         needed = max_steps * self.n_envs
-        if self.her and self.learning_starts < needed:
+        if self.her and not self.demos and self.learning_starts < needed:
             raise ConfigError(
                 f"learning_starts={self.learning_starts} is too small: HER samples only finished "
                 f"episodes ({max_steps} steps x {self.n_envs} envs); "

@@ -1,0 +1,358 @@
+"""Scripted-expert demonstrations: record them, load them, seed a replay buffer with them.
+
+``factoryfloor demos record TASK --episodes N --out DIR`` writes a demonstration folder;
+``factoryfloor train TASK --demos DIR`` adds its transitions to the replay buffer before learning
+starts.
+
+Format (version 1), pickle-free so that it can be read with ``np.load(..., allow_pickle=False)``
+and any JSON parser::
+
+    DIR/demos.json            the index, written last (atomically): a folder without it is
+                              incomplete and is refused
+    DIR/episode_00000.npz     one file per episode, in the index's order
+    DIR/episode_00001.npz
+    ...
+
+Each ``episode_NNNNN.npz`` holds, for an episode of ``T`` env steps:
+
+* ``obs/<key>``: ``(T + 1, *shape)`` float arrays, one per key of the Dict observation
+  (``observation``, ``achieved_goal``, ``desired_goal``): the reset observation, then the
+  observation after each step;
+* ``actions``: ``(T, A)`` float32, the expert's actions as given to ``env.step`` (in the action
+  space's units: normalised commands in [-1, 1]);
+* ``rewards``: ``(T,)`` float32;
+* ``terminated``, ``truncated``: ``(T,)`` bool, as returned by ``env.step``;
+* ``is_success``: ``(T,)`` bool, ``info["is_success"]`` after each step.
+
+``demos.json`` holds: ``format`` (``"factoryfloor-demos"``), ``format_version`` (1), ``env_id``,
+``robot``, ``env_kwargs`` (the keyword arguments of ``gymnasium.make``), ``observation_space``
+(``{key: {"shape", "dtype"}}``), ``action_space`` (``{"shape", "dtype", "low", "high"}``),
+``episodes`` (a list of ``{"file", "seed", "length", "success", "return"}``),
+``total_transitions``, ``only_successful``, ``attempts`` (episodes run, counting the failed ones
+that were skipped), ``factoryfloor_version`` and ``command`` (the command line that wrote it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+FORMAT = "factoryfloor-demos"
+FORMAT_VERSION = 1
+INDEX = "demos.json"
+ARRAYS = ("actions", "rewards", "terminated", "truncated", "is_success")
+
+
+class DemosError(ValueError):
+    """A demonstration folder that is missing, malformed or made for another env."""
+
+
+@dataclass(frozen=True)
+class Demos:
+    """A loaded demonstration folder: its index and one dict of arrays per episode."""
+
+    folder: Path
+    index: dict[str, Any]
+    episodes: list[dict[str, np.ndarray]]
+
+    @property
+    def total_transitions(self) -> int:
+        """Env steps over all episodes."""
+        return sum(len(ep["actions"]) for ep in self.episodes)
+
+
+def _space_spec(env: gym.Env[Any, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """JSON descriptions of the env's Dict observation space and Box action space."""
+    obs_space, act_space = env.observation_space, env.action_space
+    if not isinstance(obs_space, gym.spaces.Dict) or not isinstance(act_space, gym.spaces.Box):
+        raise DemosError("demonstrations need a Dict observation space and a Box action space")
+    obs = {
+        k: {"shape": list(s.shape or ()), "dtype": str(s.dtype)}
+        for k, s in obs_space.spaces.items()
+    }
+    act = {
+        "shape": list(act_space.shape),
+        "dtype": str(act_space.dtype),
+        "low": act_space.low.astype(float).tolist(),
+        "high": act_space.high.astype(float).tolist(),
+    }
+    return obs, act
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _run_episode(env: gym.Env[Any, Any], expert: Any, seed: int) -> dict[str, np.ndarray]:
+    obs, _ = env.reset(seed=seed)
+    expert.reset()
+    observations: dict[str, list[np.ndarray]] = {k: [np.asarray(v)] for k, v in obs.items()}
+    steps: dict[str, list[Any]] = {k: [] for k in ARRAYS}
+    done = False
+    while not done:
+        action = np.asarray(expert.act(obs), dtype=np.float32)
+        obs, reward, terminated, truncated, info = env.step(action)
+        for k, v in obs.items():
+            observations[k].append(np.asarray(v))
+        for k, v in zip(
+            ARRAYS,
+            (action, reward, terminated, truncated, info.get("is_success", False)),
+            strict=True,
+        ):
+            steps[k].append(v)
+        done = bool(terminated or truncated)
+    arrays = {f"obs/{k}": np.stack(v) for k, v in observations.items()}
+    arrays["actions"] = np.stack(steps["actions"]).astype(np.float32)
+    arrays["rewards"] = np.asarray(steps["rewards"], dtype=np.float32)
+    for k in ("terminated", "truncated", "is_success"):
+        arrays[k] = np.asarray(steps[k], dtype=bool)
+    return arrays
+
+
+def record_demos(
+    env_id: str,
+    episodes: int,
+    out_dir: Path | str,
+    robot: str = "panda",
+    seed: int = 0,
+    only_successful: bool = True,
+    max_attempts: int | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Run the scripted expert and write ``episodes`` episodes to ``out_dir`` (format above).
+
+    Episode attempts are seeded ``seed``, ``seed + 1``, ...; with ``only_successful``, failed
+    attempts are skipped (their seeds are absent from the index).
+
+    Args:
+        env_id: Gymnasium id of a factoryfloor task, e.g. ``"factoryfloor/Reach-v0"``.
+        episodes: Episodes to write (>= 1).
+        out_dir: Folder to write; it must not already hold demonstrations.
+        robot: Robot name.
+        seed: Seed of the first attempt.
+        only_successful: Keep only episodes that end with ``is_success``.
+        max_attempts: Attempts before giving up (default: ``2 * episodes + 10``).
+        command: Command line recorded in the index (default: ``sys.argv``).
+
+    Returns:
+        The index written to ``demos.json``.
+
+    Raises:
+        DemosError: When ``out_dir`` already holds demonstrations, or too many attempts failed.
+    """
+    import factoryfloor  # noqa: F401  (registers the envs)
+    from factoryfloor.policies.scripted import make_expert
+
+    if episodes < 1:
+        raise DemosError(f"episodes={episodes}: record at least 1 episode")
+    out = Path(out_dir)
+    if (out / INDEX).exists():
+        raise DemosError(f"{out} already holds demonstrations; choose another --out folder")
+    out.mkdir(parents=True, exist_ok=True)
+    max_attempts = max_attempts if max_attempts is not None else 2 * episodes + 10
+    env_kwargs = {"robot": robot}
+    env = gym.make(env_id, **env_kwargs)
+    try:
+        obs_spec, act_spec = _space_spec(env)
+        expert = make_expert(env)
+        written: list[dict[str, Any]] = []
+        attempts = 0
+        while len(written) < episodes:
+            if attempts >= max_attempts:
+                raise DemosError(
+                    f"only {len(written)} of {episodes} successful episodes in {attempts} "
+                    f"attempts of the {env_id} expert; pass only_successful=False to keep failures"
+                )
+            arrays = _run_episode(env, expert, seed + attempts)
+            attempts += 1
+            success = bool(arrays["is_success"][-1])
+            if only_successful and not success:
+                continue
+            name = f"episode_{len(written):05d}.npz"
+            _atomic_write(out / name, lambda f, a=arrays: np.savez_compressed(f, **a))
+            written.append(
+                {
+                    "file": name,
+                    "seed": seed + attempts - 1,
+                    "length": len(arrays["actions"]),
+                    "success": success,
+                    "return": float(arrays["rewards"].sum()),
+                }
+            )
+    finally:
+        env.close()
+    index = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "env_id": env_id,
+        "robot": robot,
+        "env_kwargs": env_kwargs,
+        "observation_space": obs_spec,
+        "action_space": act_spec,
+        "episodes": written,
+        "total_transitions": sum(e["length"] for e in written),
+        "only_successful": only_successful,
+        "attempts": attempts,
+        "factoryfloor_version": _version(),
+        "command": command if command is not None else shlex.join(sys.argv),
+    }
+    text = json.dumps(index, indent=1) + "\n"
+    _atomic_write(out / INDEX, lambda f: f.write(text.encode("utf-8")))
+    return index
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("factoryfloor")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def load_demos(folder: Path | str, env_id: str | None = None) -> Demos:
+    """Read and validate a demonstration folder (no pickle is ever loaded).
+
+    Args:
+        folder: Folder written by ``record_demos``.
+        env_id: When given, the env id the demonstrations must have been recorded on.
+
+    Raises:
+        DemosError: When the folder is incomplete, of another format version, recorded on another
+            env, or an episode's arrays do not have the shapes of the index.
+    """
+    folder = Path(folder)
+    path = folder / INDEX
+    if not path.is_file():
+        raise DemosError(
+            f"{folder} holds no demonstrations (no {INDEX}); record them with "
+            "`factoryfloor demos record TASK --episodes N --out DIR`"
+        )
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DemosError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise DemosError(f"{path} is not a factoryfloor demonstrations index")
+    if index.get("format_version") != FORMAT_VERSION:
+        raise DemosError(
+            f"{path} has format version {index.get('format_version')!r}; this factoryfloor "
+            f"reads version {FORMAT_VERSION}: record the demonstrations again"
+        )
+    if env_id is not None and index.get("env_id") != env_id:
+        raise DemosError(
+            f"demonstrations in {folder} were recorded on {index.get('env_id')!r}, not {env_id!r}"
+        )
+    try:
+        obs_spec = index["observation_space"]
+        act_shape = tuple(index["action_space"]["shape"])
+        episodes = [_load_episode(folder, e, obs_spec, act_shape) for e in index["episodes"]]
+    except (KeyError, TypeError) as exc:
+        raise DemosError(f"{path} is missing field {exc}; record the demonstrations again") from exc
+    if not episodes:
+        raise DemosError(f"{path} lists no episodes")
+    return Demos(folder, index, episodes)
+
+
+def _load_episode(
+    folder: Path, entry: dict[str, Any], obs_spec: dict[str, Any], act_shape: tuple[int, ...]
+) -> dict[str, np.ndarray]:
+    path = folder / entry["file"]
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise DemosError(f"cannot read episode {path}: {exc}") from exc
+    length = int(entry["length"])
+    expected = {f"obs/{k}": (length + 1, *spec["shape"]) for k, spec in obs_spec.items()}
+    expected["actions"] = (length, *act_shape)
+    expected.update({k: (length,) for k in ARRAYS if k != "actions"})
+    for key, shape in expected.items():
+        got = arrays[key].shape if key in arrays else None
+        if got != shape:
+            raise DemosError(f"{path}: {key} has shape {got}, expected {shape} (from {INDEX})")
+    return arrays
+
+
+def check_compatible(demos: Demos, env: gym.Env[Any, Any], robot: str) -> None:
+    """Refuse demonstrations recorded on another robot or with other spaces than ``env``'s.
+
+    Raises:
+        DemosError: With what differs.
+    """
+    obs_spec, act_spec = _space_spec(env)
+    index = demos.index
+    if index.get("robot") != robot:
+        raise DemosError(
+            f"demonstrations in {demos.folder} were recorded with robot {index.get('robot')!r}, "
+            f"but training uses {robot!r}"
+        )
+    for what, ours, theirs in (
+        ("observation space", obs_spec, index["observation_space"]),
+        ("action space", act_spec, index["action_space"]),
+    ):
+        if ours != theirs:
+            raise DemosError(
+                f"demonstrations in {demos.folder} have {what} {theirs}, but the training env "
+                f"has {ours}; record them again for this env"
+            )
+
+
+def seed_replay_buffer(model: Any, demos: Demos) -> int:
+    """Add every demonstration transition to ``model.replay_buffer``, episode by episode.
+
+    Transitions go through the buffer's own ``add`` (so HerReplayBuffer records episode bounds
+    and relabels demonstration goals like any other). Observations are stored unnormalised, as
+    SB3 does with VecNormalize, whose running statistics are updated with the demonstration
+    observations. Actions are scaled to the policy's [-1, 1] range. A buffer of ``n_envs`` > 1
+    streams stores each transition in every stream (the buffer adds rows of ``n_envs``
+    transitions in lockstep, and episodes have different lengths), so it holds ``n_envs`` copies.
+
+    Returns:
+        Transitions added (``n_envs`` x the demonstration transitions).
+
+    Raises:
+        DemosError: When the replay buffer cannot hold every demonstration transition.
+    """
+    buffer = model.replay_buffer
+    n_envs = int(buffer.n_envs)
+    if demos.total_transitions > buffer.buffer_size:
+        raise DemosError(
+            f"{demos.total_transitions} demonstration transitions do not fit in the replay "
+            f"buffer ({buffer.buffer_size}); raise buffer_size or record fewer episodes"
+        )
+    vecnorm = model.get_vec_normalize_env()
+    for ep in demos.episodes:
+        obs = {k[4:]: v for k, v in ep.items() if k.startswith("obs/")}
+        if vecnorm is not None and vecnorm.norm_obs:
+            for key, rms in vecnorm.obs_rms.items():
+                rms.update(obs[key])
+        actions = model.policy.scale_action(ep["actions"])
+        for t in range(len(actions)):
+            done = bool(ep["terminated"][t] or ep["truncated"][t])
+            timeout = bool(ep["truncated"][t] and not ep["terminated"][t])
+            buffer.add(
+                {k: np.repeat(v[t][None], n_envs, 0) for k, v in obs.items()},
+                {k: np.repeat(v[t + 1][None], n_envs, 0) for k, v in obs.items()},
+                np.repeat(actions[t][None], n_envs, 0),
+                np.full(n_envs, ep["rewards"][t], dtype=np.float32),
+                np.full(n_envs, done or t == len(actions) - 1),
+                [{"TimeLimit.truncated": timeout}] * n_envs,
+            )
+    return demos.total_transitions * n_envs
