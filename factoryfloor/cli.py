@@ -87,14 +87,9 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    try:
-        from factoryfloor.policies import train as training
-        from factoryfloor.policies.train_config import resolve_config
-    except ImportError as exc:
-        print(
-            f"factoryfloor train: error: {exc}; pip install 'factoryfloor[train]'", file=sys.stderr
-        )
-        return 2
+    from factoryfloor.policies import train as training
+    from factoryfloor.policies.train_config import resolve_config
+
     overrides = {
         "timesteps": args.timesteps,
         "n_envs": args.n_envs,
@@ -160,13 +155,8 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    try:
-        from factoryfloor.policies.export import export_run
-    except ImportError as exc:
-        print(
-            f"factoryfloor export: error: {exc}; pip install 'factoryfloor[train]'", file=sys.stderr
-        )
-        return 2
+    from factoryfloor.policies.export import export_run
+
     if args.out.suffix != ".ffpolicy":
         raise ValueError(f"--out {args.out} must end with .ffpolicy")
     if not args.run_dir.is_dir():
@@ -228,6 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
+    except ModuleNotFoundError as exc:  # an optional dependency (train, edge extras) is missing
+        print(
+            f"factoryfloor {args.command}: error: {exc}; install the extra that provides it, "
+            "e.g. pip install 'factoryfloor[train]'",
+            file=sys.stderr,
+        )
+        return 2
     except (ValueError, KeyError, GymError) as exc:  # bad input: one clear line, no traceback
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"factoryfloor {args.command}: error: {message}", file=sys.stderr)

@@ -178,15 +178,5 @@ def make_expert(env: Any) -> ScriptedExpert:
     base = env.unwrapped
     if base.robot.control != "ee":
         raise ValueError("scripted experts need control='ee'; make the env with control='ee'")
-    task = next(name for name, cls in _task_classes().items() if isinstance(base.task, cls))
-    return EXPERTS[task](base.robot.spec.max_ee_step_m, base.sim.physics.control_dt_s)
-
-
-def _task_classes() -> dict[str, type]:
-    from factoryfloor.sim.tasks.base import TASKS
-
-    return TASKS
-
-
-def _near(a: np.ndarray, b: np.ndarray, tol_m: float) -> bool:
-    return bool(np.linalg.norm(a - b) < tol_m)
+    expert = EXPERTS[type(base.task).name]
+    return expert(base.robot.spec.max_ee_step_m, base.sim.physics.control_dt_s)

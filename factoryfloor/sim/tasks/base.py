@@ -55,6 +55,7 @@ class Task(ABC):
         randomize: Apply the ``Randomization`` ranges at each reset.
     """
 
+    name: ClassVar[str] = ""  # the registry name, set by ``register_task``
     distance_threshold_m: ClassVar[float] = 0.05
     goal_box_half_m: ClassVar[tuple[float, float, float] | None] = None  # box success instead
     workspace_low: ClassVar[tuple[float, float, float]] = (0.2, -0.45, 0.005)
@@ -166,6 +167,7 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
         if name in TASKS:
             raise ValueError(f"task {name!r} is already registered")
         TASKS[name] = cls
+        cls.name = name
         return cls
 
     return wrap
