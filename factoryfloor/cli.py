@@ -84,6 +84,14 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
         "--demos",
         help="demonstrations folder (factoryfloor demos record) to seed the replay buffer",
     )
+    p.add_argument(
+        "--demo-episodes",
+        type=int,
+        help="without --demos: record this many expert episodes into the run folder first",
+    )
+    p.add_argument(
+        "--bc-epochs", type=int, help="behaviour cloning epochs on the demos before RL (0: none)"
+    )
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -98,6 +106,8 @@ def _run_train(args: argparse.Namespace) -> int:
         "out": args.out,
         "progress_bar": False if args.no_progress else None,
         "demos": args.demos,
+        "demo_episodes": args.demo_episodes,
+        "bc_epochs": args.bc_epochs,
     }
     cfg = resolve_config(args.task, args.algo, args.config, overrides, resume=args.resume)
     run_dir = training.train(cfg, resume=args.resume)

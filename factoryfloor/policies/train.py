@@ -12,8 +12,10 @@
 Checkpoints are written atomically (see ``factoryfloor.policies.checkpoint``). ``resume=True``
 continues the run from ``checkpoints/last``. SIGINT or SIGTERM stops training cleanly at the next
 env step and writes ``checkpoints/last`` first; a second SIGINT aborts at once. With
-``cfg.demos``, a new run's replay buffer is seeded with the demonstrations first
-(``factoryfloor.policies.demos``); a resumed run finds them in its saved replay buffer.
+``cfg.demos`` (or ``cfg.demo_episodes``, recorded into ``demos/`` of the run folder), a new
+run's replay buffer is seeded with the demonstrations first (``factoryfloor.policies.demos``) and,
+with ``cfg.bc_epochs``, its actor is cloned from them (``factoryfloor.policies.bc``, summary in
+``bc.json``) and evaluated at step 0; a resumed run finds them in its saved replay buffer.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     last = _check_run_folder(run_dir, resume)
     cfg = replace(cfg, out=str(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
+    if last is None and cfg.demo_episodes and not cfg.demos:
+        cfg = replace(cfg, demos=str(_record_run_demos(cfg, run_dir)))
     device = resolve_device(cfg.device)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -86,7 +90,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
             venv = VecNormalize(venv, norm_reward=False, gamma=cfg.gamma) if cfg.normalize else venv
             model = _build_model(cfg, venv, device, tb_dir)
             if cfg.demos:
-                _add_demos(cfg, model, eval_env)
+                _add_demos(cfg, model, eval_env, run_dir)
         else:
             try:
                 model, venv = _load_last(cfg, last, venv, device, tb_dir)
@@ -96,6 +100,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         ckpt.atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
         write_environment(run_dir, device, resumed=last is not None)
         callback = RunCallback(cfg, run_dir, eval_env, last, start)
+        callback.evaluate_at_start = last is None and cfg.bc_epochs > 0  # the cloned actor
         callback.init_callback(model)
         with stop_on_signals() as stop:
             callback.stop = stop
@@ -263,8 +268,25 @@ def _load_last(
     return model, venv
 
 
-def _add_demos(cfg: TrainConfig, model: BaseAlgorithm, env: gym.Env[Any, Any]) -> None:
-    """Seed a new run's replay buffer with ``cfg.demos`` (refused when made for another env)."""
+def _record_run_demos(cfg: TrainConfig, run_dir: Path) -> Path:
+    """Record ``cfg.demo_episodes`` expert episodes into ``run_dir/demos`` (kept on a rerun)."""
+    from factoryfloor.policies.demos import INDEX, record_demos
+
+    folder = run_dir / "demos"
+    if not (folder / INDEX).is_file():
+        robot = str(cfg.env_kwargs.get("robot", "panda"))
+        record_demos(cfg.task, cfg.demo_episodes, folder, robot=robot, seed=cfg.seed)
+    return folder
+
+
+def _add_demos(
+    cfg: TrainConfig, model: BaseAlgorithm, env: gym.Env[Any, Any], run_dir: Path
+) -> None:
+    """Seed a new run's replay buffer with ``cfg.demos`` and clone the actor from them.
+
+    Demonstrations made for another env are refused (``DemosError``).
+    """
+    from factoryfloor.policies.bc import behaviour_clone
     from factoryfloor.policies.demos import check_compatible, load_demos, seed_replay_buffer
 
     demos = load_demos(cfg.demos or "", env_id=cfg.task)
@@ -272,6 +294,14 @@ def _add_demos(cfg: TrainConfig, model: BaseAlgorithm, env: gym.Env[Any, Any]) -
     added = seed_replay_buffer(model, demos)
     if cfg.verbose:
         print(f"replay buffer seeded with {added} demonstration transitions from {cfg.demos}")
+    if cfg.bc_epochs:
+        result = behaviour_clone(
+            model, demos, cfg.bc_epochs, cfg.bc_batch_size, cfg.bc_learning_rate, cfg.seed
+        )
+        text = json.dumps({"demos": cfg.demos, **result.to_dict()}, indent=1) + "\n"
+        ckpt.atomic_write_text(run_dir / "bc.json", text)
+        if cfg.verbose:
+            print(f"behaviour cloning: {result}")
 
 
 def _tensorboard_dir(cfg: TrainConfig, run_dir: Path) -> Path | None:

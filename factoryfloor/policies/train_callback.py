@@ -53,6 +53,7 @@ class RunCallback(BaseCallback):
         self.last_eval_step = int(meta.get("last_eval_step", -1))
         self.stop: StopRequest | None = None
         self.next_eval = self.next_ckpt = 0
+        self.evaluate_at_start = False
 
     def _init_callback(self) -> None:
         n, every = self.model.num_timesteps, self.cfg.eval_every_steps
@@ -61,6 +62,10 @@ class RunCallback(BaseCallback):
             self.next_ckpt = (
                 n // self.cfg.checkpoint_every_steps + 1
             ) * self.cfg.checkpoint_every_steps
+
+    def _on_training_start(self) -> None:
+        if self.evaluate_at_start:  # e.g. the behaviour-cloned actor, before any RL update
+            self.evaluate()
 
     def _on_step(self) -> bool:
         if self.stop is not None and self.stop.signum is not None:

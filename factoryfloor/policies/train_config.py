@@ -87,6 +87,12 @@ class TrainConfig:
             transitions are added to the replay buffer before learning starts (off-policy
             only; HER relabels them too). They must be recorded on the same task, robot and
             spaces. ``None``: no demonstrations. A resumed run does not add them again.
+        demo_episodes: When ``demos`` is not given, record this many scripted-expert episodes
+            into ``<run folder>/demos`` first and use them as ``demos`` (0: none).
+        bc_epochs: Behaviour cloning of the actor on the demonstrations before reinforcement
+            learning starts: passes over the transitions (0: none; ``factoryfloor.policies.bc``).
+        bc_batch_size: Transitions per behaviour-cloning gradient step.
+        bc_learning_rate: Initial behaviour-cloning Adam learning rate (cosine decay to 0).
     """
 
     task: str
@@ -123,6 +129,10 @@ class TrainConfig:
     progress_bar: bool = True
     verbose: int = 0
     demos: str | None = None
+    demo_episodes: int = 0
+    bc_epochs: int = 0
+    bc_batch_size: int = 256
+    bc_learning_rate: float = 1e-3
 
     def __post_init__(self) -> None:
         for f, hint in typing.get_type_hints(TrainConfig).items():
@@ -165,6 +175,16 @@ class TrainConfig:
             ("torch_threads", self.torch_threads >= 0, "use >= 0 (0: torch's default)"),
             ("verbose", self.verbose in (0, 1, 2), "use 0, 1 or 2"),
             ("demos", off_policy or not self.demos, "demos seed a replay buffer: sac, td3, tqc"),
+            ("demo_episodes", self.demo_episodes >= 0, "use >= 0 episodes (0: none)"),
+            ("demo_episodes", off_policy or not self.demo_episodes, "use sac, td3 or tqc"),
+            ("bc_epochs", self.bc_epochs >= 0, "use >= 0 epochs (0: no behaviour cloning)"),
+            (
+                "bc_epochs",
+                not self.bc_epochs or bool(self.demos or self.demo_episodes),
+                "behaviour cloning needs demonstrations: set demos or demo_episodes",
+            ),
+            ("bc_batch_size", self.bc_batch_size >= 1, "use a positive batch size, e.g. 256"),
+            ("bc_learning_rate", 0 < self.bc_learning_rate < 1, "use e.g. 1e-3"),
         ]
 
     def _check_task(self) -> None:
@@ -177,7 +197,8 @@ class TrainConfig:
             raise ConfigError(f"task={self.task!r} is not a registered env id; use one of {ours}")
         max_steps = gym.registry[self.task].max_episode_steps or 0
         needed = max_steps * self.n_envs
-        if self.her and not self.demos and self.learning_starts < needed:
+        with_demos = bool(self.demos or self.demo_episodes)
+        if self.her and not with_demos and self.learning_starts < needed:
             raise ConfigError(
                 f"learning_starts={self.learning_starts} is too small: HER samples only finished "
                 f"episodes ({max_steps} steps x {self.n_envs} envs); "

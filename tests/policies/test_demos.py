@@ -106,8 +106,8 @@ def test_train_with_demos_seeds_the_replay_buffer(tmp_path, reach_demos, n_envs,
     seen = {}
     real = training._add_demos
 
-    def spy(cfg, model, env):
-        real(cfg, model, env)
+    def spy(cfg, model, env, run_dir):
+        real(cfg, model, env, run_dir)
         seen["size"] = int(model.replay_buffer.size() * model.replay_buffer.n_envs)
         seen["episodes"] = int((model.replay_buffer.ep_length > 0).any(axis=1).sum())
 
