@@ -90,6 +90,12 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
         help="without --demos: record this many expert episodes into the run folder first",
     )
     p.add_argument(
+        "--target-success", type=float, help="stop once an evaluation reaches this success rate"
+    )
+    p.add_argument(
+        "--max-wall-time", type=float, help="stop after this many seconds of training (total)"
+    )
+    p.add_argument(
         "--bc-epochs", type=int, help="behaviour cloning epochs on the demos before RL (0: none)"
     )
 
@@ -108,6 +114,8 @@ def _run_train(args: argparse.Namespace) -> int:
         "demos": args.demos,
         "demo_episodes": args.demo_episodes,
         "bc_epochs": args.bc_epochs,
+        "target_success": args.target_success,
+        "max_wall_time_s": args.max_wall_time,
     }
     cfg = resolve_config(args.task, args.algo, args.config, overrides, resume=args.resume)
     run_dir = training.train(cfg, resume=args.resume)
@@ -116,6 +124,7 @@ def _run_train(args: argparse.Namespace) -> int:
     print(
         f"run {run_dir}: {summary['num_timesteps']} env steps, "
         f"success rate {last.get('success_rate')} (best {summary['best_success_rate']})"
+        + (f"; stopped: {summary['stopped_because']}" if summary.get("stopped_because") else "")
     )
     if summary["interrupted_by"]:
         print(f"stopped by {summary['interrupted_by']}; continue with: factoryfloor train "

@@ -54,6 +54,8 @@ class RunCallback(BaseCallback):
         self.stop: StopRequest | None = None
         self.next_eval = self.next_ckpt = 0
         self.evaluate_at_start = False
+        self.stopped_because: str | None = None
+        self.stop_reason: str | None = None  # set before a step, acted on at the next one
 
     def _init_callback(self) -> None:
         n, every = self.model.num_timesteps, self.cfg.eval_every_steps
@@ -64,8 +66,10 @@ class RunCallback(BaseCallback):
             ) * self.cfg.checkpoint_every_steps
 
     def _on_training_start(self) -> None:
-        if self.evaluate_at_start:  # e.g. the behaviour-cloned actor, before any RL update
-            self.evaluate()
+        if not self.evaluate_at_start:  # e.g. the behaviour-cloned actor, before any update
+            return
+        if self.evaluate()["success_rate"] >= (self.cfg.target_success or np.inf):
+            self.stop_reason = f"target success rate {self.cfg.target_success} reached"
 
     def _on_step(self) -> bool:
         if self.stop is not None and self.stop.signum is not None:
@@ -73,15 +77,29 @@ class RunCallback(BaseCallback):
             # step counter matches the replay buffer that is saved.
             self.model.num_timesteps -= self.training_env.num_envs
             return False
+        if self.stop_reason is not None:
+            return self._stop_early(self.stop_reason)
         n = self.num_timesteps
         if n >= self.next_eval:
             self.next_eval = (n // self.cfg.eval_every_steps + 1) * self.cfg.eval_every_steps
-            self.evaluate()
+            if self.evaluate()["success_rate"] >= (self.cfg.target_success or np.inf):
+                return self._stop_early(f"target success rate {self.cfg.target_success} reached")
+        if self.cfg.max_wall_time_s and self.wall_time_s() >= self.cfg.max_wall_time_s:
+            return self._stop_early(f"wall-time budget of {self.cfg.max_wall_time_s} s spent")
         every = self.cfg.checkpoint_every_steps
         if every and n >= self.next_ckpt:
             self.next_ckpt = (n // every + 1) * every
             self.save_last(None)
         return True
+
+    def _stop_early(self, reason: str) -> bool:
+        """Stop ``learn`` now (returns False), as a signal does, for ``reason``."""
+        self.model.num_timesteps -= self.training_env.num_envs  # this step is not stored
+        # Stops come right after an evaluation or a budget check, before any further update:
+        # the latest evaluation scores the final model.
+        self.last_eval_step = min(self.last_eval_step, self.model.num_timesteps)
+        self.stopped_because = reason
+        return False
 
     def wall_time_s(self) -> float:
         """Wall time of the run so far, over all its sessions (s)."""
@@ -156,6 +174,7 @@ class RunCallback(BaseCallback):
             **self._meta(),
             "complete": self.model.num_timesteps >= self.cfg.timesteps,
             "interrupted_by": interrupted_by,
+            "stopped_because": self.stopped_because,
             "wall_time_s": round(self.wall_time_s(), 3),
             "eval_wall_time_s": round(self.eval_time_s, 3),
             "best_success_rate": self.best[0],

@@ -33,7 +33,9 @@ ALGORITHMS: dict[str, tuple[str, str, bool]] = {
 # task name (factoryfloor.sim.registry.ENV_SPECS) -> algorithm used when none is given
 DEFAULT_ALGOS: dict[str, str] = {"reach": "sac", "pick_place": "tqc", "conveyor_pick": "tqc"}
 HER_STRATEGIES = ("future", "final", "episode")
-RESUME_OVERRIDES = frozenset({"timesteps", "device", "progress_bar", "verbose", "out"})
+RESUME_OVERRIDES = frozenset(
+    {"timesteps", "device", "progress_bar", "verbose", "out", "target_success", "max_wall_time_s"}
+)
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -93,6 +95,9 @@ class TrainConfig:
             learning starts: passes over the transitions (0: none; ``factoryfloor.policies.bc``).
         bc_batch_size: Transitions per behaviour-cloning gradient step.
         bc_learning_rate: Initial behaviour-cloning Adam learning rate (cosine decay to 0).
+        target_success: Stop training once an evaluation reaches this success rate (0: never).
+        max_wall_time_s: Stop training after this much wall time over all sessions of the run,
+            saving the "last" checkpoint as at the end of the budget (s; 0: no limit).
     """
 
     task: str
@@ -133,6 +138,8 @@ class TrainConfig:
     bc_epochs: int = 0
     bc_batch_size: int = 256
     bc_learning_rate: float = 1e-3
+    target_success: float = 0.0
+    max_wall_time_s: float = 0.0
 
     def __post_init__(self) -> None:
         for f, hint in typing.get_type_hints(TrainConfig).items():
@@ -185,6 +192,8 @@ class TrainConfig:
             ),
             ("bc_batch_size", self.bc_batch_size >= 1, "use a positive batch size, e.g. 256"),
             ("bc_learning_rate", 0 < self.bc_learning_rate < 1, "use e.g. 1e-3"),
+            ("target_success", 0 <= self.target_success <= 1, "use a rate in [0, 1] (0: never)"),
+            ("max_wall_time_s", self.max_wall_time_s >= 0, "use >= 0 seconds (0: no limit)"),
         ]
 
     def _check_task(self) -> None:

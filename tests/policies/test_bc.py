@@ -104,3 +104,35 @@ def test_train_records_demos_clones_and_evaluates_at_step_zero(tmp_path):
     assert evaluations[0]["success_rate"] >= 0.8, evaluations[0]
     config = (run / "config.yaml").read_text()
     assert f"demos: {run / 'demos'}" in config
+
+
+def test_training_stops_at_the_target_success_rate(tmp_path):
+    """A cloned Reach actor that already meets the target stops the run at step 0."""
+    run = tmp_path / "run"
+    overrides = {
+        "timesteps": 5_000, "demo_episodes": 100, "bc_epochs": 200, "bc_learning_rate": 3e-3,
+        "bc_batch_size": 64, "buffer_size": 10_000, "batch_size": 64, "eval_episodes": 10,
+        "target_success": 0.8, "progress_bar": False, "tensorboard": False, "out": str(run),
+    }  # fmt: skip
+    train(load_config(REACH, "sac", None, overrides))
+    manifest = json.loads((run / "checkpoints" / "last" / "checkpoint.json").read_text())
+    assert manifest["num_timesteps"] == 0
+    assert manifest["stopped_because"] == "target success rate 0.8 reached"
+    lines = (run / "evaluations.jsonl").read_text().splitlines()
+    assert len(lines) == 1  # not evaluated again at the end
+
+
+def test_training_stops_when_the_wall_time_budget_is_spent(tmp_path):
+    run = tmp_path / "run"
+    overrides = {
+        "timesteps": 1_000_000, "max_wall_time_s": 3.0, "learning_starts": 100,
+        "buffer_size": 10_000, "batch_size": 64, "eval_every_steps": 100_000, "eval_episodes": 2,
+        "progress_bar": False, "tensorboard": False, "out": str(run),
+    }  # fmt: skip
+    train(load_config(REACH, "sac", None, overrides))
+    manifest = json.loads((run / "checkpoints" / "last" / "checkpoint.json").read_text())
+    assert manifest["stopped_because"] == "wall-time budget of 3.0 s spent"
+    assert 0 < manifest["num_timesteps"] < 100_000
+    assert 3.0 <= manifest["wall_time_s"] < 60
+    evaluations = [json.loads(ln) for ln in (run / "evaluations.jsonl").read_text().splitlines()]
+    assert evaluations[-1]["num_timesteps"] == manifest["num_timesteps"]  # final evaluation
