@@ -93,6 +93,8 @@ class TrainConfig:
             into ``<run folder>/demos`` first and use them as ``demos`` (0: none).
         bc_epochs: Behaviour cloning of the actor on the demonstrations before reinforcement
             learning starts: passes over the transitions (0: none; ``factoryfloor.policies.bc``).
+            With it, the observation normalisation statistics are those of the demonstrations
+            and stay fixed for the run (the cloned actor relies on them).
         bc_batch_size: Transitions per behaviour-cloning gradient step.
         bc_learning_rate: Initial behaviour-cloning Adam learning rate (cosine decay to 0).
         target_success: Stop training once an evaluation reaches this success rate (0: never).

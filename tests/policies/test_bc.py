@@ -136,3 +136,21 @@ def test_training_stops_when_the_wall_time_budget_is_spent(tmp_path):
     assert 3.0 <= manifest["wall_time_s"] < 60
     evaluations = [json.loads(ln) for ln in (run / "evaluations.jsonl").read_text().splitlines()]
     assert evaluations[-1]["num_timesteps"] == manifest["num_timesteps"]  # final evaluation
+
+
+def test_normalisation_stays_that_of_the_demonstrations_after_cloning(tmp_path):
+    from factoryfloor.policies import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    overrides = {
+        "timesteps": 300, "demo_episodes": 5, "bc_epochs": 2, "learning_starts": 100,
+        "buffer_size": 5_000, "batch_size": 32, "eval_every_steps": 10_000, "eval_episodes": 1,
+        "checkpoint_every_steps": 0, "progress_bar": False, "tensorboard": False, "out": str(run),
+    }  # fmt: skip
+    train(load_config(REACH, "sac", None, overrides))
+    last = ckpt.read_checkpoint(run / "checkpoints" / "last")
+    vecnorm = ckpt.unpickle(last.paths["vecnormalize"])
+    demos = load_demos(run / "demos")
+    steps = sum(len(ep["obs/observation"]) for ep in demos.episodes)
+    # statistics from the demonstrations' observations only, not the 300 steps trained
+    assert vecnorm.obs_rms["observation"].count == pytest.approx(steps + 1e-4)
