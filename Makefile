@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-EXTRAS ?= train,dev,bench
+EXTRAS ?= train,edge,dev,bench
 PYTEST_ARGS ?= -m "not slow and not gui and not hardware" -n 2
 
 .PHONY: demo test test-all lint format bench bench-train clean
@@ -29,7 +29,7 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy factoryfloor/robots
+	$(VENV)/bin/mypy factoryfloor/robots factoryfloor/edge_runtime
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -1,0 +1,299 @@
+"""FFEP/1, the edge wire protocol: encode and decode frames (``docs/protocol.md``).
+
+This module is the single implementation of ``docs/protocol.md``. A frame is a fixed 48-byte
+little-endian header and a payload; ``decode`` checks every field before use and raises
+``ProtocolError`` (carrying the error code to send back) for anything malformed. Nothing here
+unpickles, and every decode has a size limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "HEADER",
+    "MAGIC",
+    "MAX_FLOATS",
+    "MAX_JSON_BYTES",
+    "PROTOCOL_VERSION",
+    "ErrorCode",
+    "Flags",
+    "Message",
+    "MsgType",
+    "ProtocolError",
+    "decode",
+    "decode_error",
+    "decode_floats",
+    "decode_json",
+    "encode",
+    "encode_error",
+    "encode_floats",
+    "encode_json",
+    "schema_sha256",
+]
+
+PROTOCOL_VERSION = 1
+MAGIC = b"FFEP"
+HEADER = struct.Struct("<4sBBHIIQQQQ")  # magic version type flags len session seq ack t_send t_echo
+MAX_JSON_BYTES = 65_536
+MAX_FLOATS = 4_096
+MAX_ERROR_TEXT_BYTES = 1_024
+_U64 = 2**64 - 1
+_U32 = 2**32 - 1
+
+
+class MsgType(IntEnum):
+    """Message types (the header's ``type`` byte)."""
+
+    HELLO = 1
+    WELCOME = 2
+    OBSERVATION = 3
+    ACTION = 4
+    HEARTBEAT = 5
+    ERROR = 6
+    BYE = 7
+
+
+class Flags(IntFlag):
+    """Header flag bits; the others are reserved and must be 0."""
+
+    NONE = 0
+    EPISODE_START = 1
+
+
+class ErrorCode(IntEnum):
+    """Codes of ERROR messages and of ``ProtocolError``."""
+
+    BAD_MAGIC = 1
+    BAD_VERSION = 2
+    BAD_TYPE = 3
+    BAD_LENGTH = 4
+    BAD_FLAGS = 5
+    BAD_PAYLOAD = 6
+    SCHEMA_MISMATCH = 10
+    MODEL_MISMATCH = 11
+    TASK_MISMATCH = 12
+    NO_SESSION = 13
+    TOO_MANY_SESSIONS = 14
+    INTERNAL = 15
+
+
+class ProtocolError(ValueError):
+    """A frame or payload that breaks the protocol; ``code`` is what to answer with.
+
+    Args:
+        code: The error code.
+        message: What was wrong, and how to fix it where the peer can.
+    """
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.text = message
+
+
+# Payload size rules per type: (fixed size or None, largest size) in bytes.
+_PAYLOAD_LIMITS: dict[MsgType, tuple[int | None, int]] = {
+    MsgType.HELLO: (None, MAX_JSON_BYTES),
+    MsgType.WELCOME: (None, MAX_JSON_BYTES),
+    MsgType.OBSERVATION: (None, 4 * MAX_FLOATS),
+    MsgType.ACTION: (None, 4 * MAX_FLOATS),
+    MsgType.HEARTBEAT: (0, 0),
+    MsgType.ERROR: (None, 2 + MAX_ERROR_TEXT_BYTES),
+    MsgType.BYE: (0, 0),
+}
+_FLOAT_TYPES = (MsgType.OBSERVATION, MsgType.ACTION)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One decoded frame.
+
+    Attributes:
+        type: Message type.
+        session_id: Session given by the server (0 in HELLO).
+        seq: Sender's sequence number (from 1).
+        ack_seq: Sequence number answered (0 when none).
+        t_send_ns: Sender's monotonic clock at sending (ns).
+        t_echo_ns: The answered message's ``t_send_ns`` (0 when none).
+        flags: Header flags.
+        payload: Raw payload bytes.
+        version: Protocol version of the header.
+    """
+
+    type: MsgType
+    session_id: int = 0
+    seq: int = 0
+    ack_seq: int = 0
+    t_send_ns: int = 0
+    t_echo_ns: int = 0
+    flags: Flags = Flags.NONE
+    payload: bytes = b""
+    version: int = PROTOCOL_VERSION
+
+
+def encode(msg: Message) -> bytes:
+    """The frame of ``msg`` (header + payload).
+
+    Raises:
+        ProtocolError: When a field is out of range or the payload breaks its type's limits.
+    """
+    _check_payload(msg.type, len(msg.payload))
+    _check_flags(msg.type, int(msg.flags))
+    for name, value, top in (
+        ("session_id", msg.session_id, _U32),
+        ("seq", msg.seq, _U64),
+        ("ack_seq", msg.ack_seq, _U64),
+        ("t_send_ns", msg.t_send_ns, _U64),
+        ("t_echo_ns", msg.t_echo_ns, _U64),
+    ):
+        if not 0 <= value <= top:
+            raise ProtocolError(ErrorCode.BAD_LENGTH, f"{name}={value} outside [0, {top}]")
+    header = HEADER.pack(
+        MAGIC, msg.version, int(msg.type), int(msg.flags), len(msg.payload), msg.session_id,
+        msg.seq, msg.ack_seq, msg.t_send_ns, msg.t_echo_ns,
+    )  # fmt: skip
+    return header + msg.payload
+
+
+def decode(frame: bytes | bytearray | memoryview, max_size: int | None = None) -> Message:
+    """Parse and validate one frame.
+
+    Args:
+        frame: The frame's bytes.
+        max_size: Largest frame accepted (bytes); default: the largest any type allows.
+
+    Raises:
+        ProtocolError: For a short frame, wrong magic or version, unknown type, reserved flags,
+            or a payload whose length is not the header's or breaks its type's limits.
+    """
+    data = bytes(frame)
+    limit = max_size if max_size is not None else HEADER.size + MAX_JSON_BYTES
+    if len(data) > limit:
+        raise ProtocolError(ErrorCode.BAD_LENGTH, f"frame of {len(data)} bytes exceeds {limit}")
+    if len(data) < HEADER.size:
+        raise ProtocolError(ErrorCode.BAD_MAGIC, f"frame of {len(data)} bytes is shorter than 48")
+    magic, version, mtype, flags, length, session, seq, ack, t_send, t_echo = HEADER.unpack_from(
+        data
+    )
+    if magic != MAGIC:
+        raise ProtocolError(ErrorCode.BAD_MAGIC, f"magic {magic!r} is not {MAGIC!r}")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            ErrorCode.BAD_VERSION, f"version {version}; this side speaks {PROTOCOL_VERSION}"
+        )
+    try:
+        kind = MsgType(mtype)
+    except ValueError:
+        raise ProtocolError(ErrorCode.BAD_TYPE, f"unknown message type {mtype}") from None
+    if length != len(data) - HEADER.size:
+        raise ProtocolError(
+            ErrorCode.BAD_LENGTH,
+            f"payload_len {length} but the frame carries {len(data) - HEADER.size} bytes",
+        )
+    _check_payload(kind, length)
+    _check_flags(kind, flags)
+    payload = data[HEADER.size :]
+    return Message(kind, session, seq, ack, t_send, t_echo, Flags(flags), payload, version)
+
+
+def _check_payload(kind: MsgType, length: int) -> None:
+    fixed, largest = _PAYLOAD_LIMITS[kind]
+    if (fixed is not None and length != fixed) or length > largest:
+        raise ProtocolError(
+            ErrorCode.BAD_LENGTH, f"{kind.name} payload of {length} bytes (limit {largest})"
+        )
+    if kind in _FLOAT_TYPES and length % 4:
+        raise ProtocolError(ErrorCode.BAD_LENGTH, f"{kind.name} payload of {length} bytes % 4")
+    if kind is MsgType.ERROR and length < 2:
+        raise ProtocolError(ErrorCode.BAD_LENGTH, "ERROR payload shorter than its 2-byte code")
+
+
+def _check_flags(kind: MsgType, flags: int) -> None:
+    allowed = int(Flags.EPISODE_START) if kind is MsgType.OBSERVATION else 0
+    if flags & ~allowed:
+        raise ProtocolError(ErrorCode.BAD_FLAGS, f"flags {flags:#06x} not allowed on {kind.name}")
+
+
+def encode_floats(values: Sequence[float] | np.ndarray) -> bytes:
+    """Raw little-endian float32 bytes of a 1-D vector."""
+    array = np.asarray(values, dtype="<f4").reshape(-1)
+    if array.size > MAX_FLOATS:
+        raise ProtocolError(ErrorCode.BAD_LENGTH, f"{array.size} values exceed {MAX_FLOATS}")
+    return array.tobytes()
+
+
+def decode_floats(payload: bytes, expected: int) -> np.ndarray:
+    """The float32 vector of a payload, shape ``(expected,)`` (NaN/Inf are left to the caller).
+
+    Raises:
+        ProtocolError: When the payload does not hold exactly ``expected`` values.
+    """
+    if len(payload) != 4 * expected:
+        raise ProtocolError(
+            ErrorCode.BAD_LENGTH, f"{len(payload) // 4} values where the spec has {expected}"
+        )
+    return np.frombuffer(payload, dtype="<f4").astype(np.float32)
+
+
+def encode_json(obj: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON of a handshake object."""
+    data = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    if len(data) > MAX_JSON_BYTES:
+        raise ProtocolError(ErrorCode.BAD_LENGTH, f"JSON of {len(data)} bytes")
+    return data
+
+
+def decode_json(payload: bytes) -> dict[str, Any]:
+    """The JSON object of a HELLO or WELCOME payload.
+
+    Raises:
+        ProtocolError: For invalid UTF-8 or JSON, NaN constants, or a non-object.
+    """
+    if len(payload) > MAX_JSON_BYTES:
+        raise ProtocolError(ErrorCode.BAD_LENGTH, f"JSON of {len(payload)} bytes")
+    try:
+        obj = json.loads(payload.decode("utf-8"), parse_constant=_no_constants)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(ErrorCode.BAD_PAYLOAD, f"invalid JSON payload: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_PAYLOAD, "the JSON payload must be an object")
+    return obj
+
+
+def _no_constants(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not allowed", name, 0)
+
+
+def encode_error(code: ErrorCode, text: str) -> bytes:
+    """ERROR payload: u16 code, then UTF-8 text cut to 1,024 bytes."""
+    raw = text.encode("utf-8")[:MAX_ERROR_TEXT_BYTES]
+    return struct.pack("<H", int(code)) + raw.decode("utf-8", "ignore").encode("utf-8")
+
+
+def decode_error(payload: bytes) -> tuple[int, str]:
+    """(code, text) of an ERROR payload; the code may be one this side does not know."""
+    if len(payload) < 2:
+        raise ProtocolError(ErrorCode.BAD_LENGTH, "ERROR payload shorter than its 2-byte code")
+    (code,) = struct.unpack_from("<H", payload)
+    return code, payload[2:].decode("utf-8", "replace")
+
+
+def schema_sha256(observation: list[dict[str, Any]], action: list[dict[str, Any]]) -> str:
+    """SHA-256 (hex) of the canonical JSON of the specs (``docs/protocol.md``, section 3)."""
+    keep_obs = ("name", "shape")
+    keep_act = ("name", "shape", "low", "high")
+    canonical = {
+        "action": [{k: item[k] for k in keep_act if k in item} for item in action],
+        "observation": [{k: item[k] for k in keep_obs if k in item} for item in observation],
+    }
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
