@@ -1,0 +1,230 @@
+"""The controller side: the ``RobotController`` interface and the runtime that drives it.
+
+A real robot's adapter (or the simulated cell in ``factoryfloor.sim.edge_controller``)
+implements ``RobotController``. ``ControllerRuntime`` runs it at the policy's control rate:
+each cycle it reads the state, sends it to the policy server, waits for the answer at most until
+the cycle's budget or the hold deadline, lets the ``SafetyLayer`` decide, and applies the
+command or brakes. A latched FAULT ends ``run``; ``rearm`` (an explicit operator action) starts a
+new session.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from factoryfloor.edge_runtime import protocol as p
+from factoryfloor.edge_runtime.client import EdgeClient
+from factoryfloor.edge_runtime.loop import FixedRateLoop
+from factoryfloor.edge_runtime.safety import Decision, SafetyConfig, SafetyLayer, State
+
+
+@dataclass(frozen=True)
+class RobotDescription:
+    """What a controller tells the server in HELLO.
+
+    Attributes:
+        robot: Robot name (a ``factoryfloor.robots`` spec).
+        task_id: The task (policy) it runs.
+        control_rate_hz: Its control rate (Hz).
+        observation: Observation spec in wire order: ``[{"name", "shape", "units"}]``.
+        action: Action spec: ``[{"name", "shape", "low", "high", "units"}]``.
+    """
+
+    robot: str
+    task_id: str
+    control_rate_hz: float
+    observation: list[dict[str, Any]]
+    action: list[dict[str, Any]]
+
+
+@dataclass
+class ControllerStatus:
+    """A controller's report.
+
+    Attributes:
+        standstill: The robot does not move (after braking).
+        finished: The controller has no more work (e.g. its episodes are done).
+        info: Anything else worth reporting (success counts, timings).
+    """
+
+    standstill: bool
+    finished: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class RobotController(ABC):
+    """What a robot's adapter implements for the edge runtime."""
+
+    description: RobotDescription
+
+    @abstractmethod
+    def read_state(self) -> tuple[np.ndarray, bool]:
+        """The flat float32 observation in spec order, and whether it starts an episode."""
+
+    @abstractmethod
+    def apply_action(self, action: np.ndarray) -> None:
+        """Apply one command (already clipped by the safety layer) for one control period."""
+
+    @abstractmethod
+    def hold(self, action: np.ndarray) -> None:
+        """Keep applying the last command for one control period (no fresh action)."""
+
+    @abstractmethod
+    def brake(self) -> None:
+        """Command zero velocity for one control period."""
+
+    @abstractmethod
+    def status(self) -> ControllerStatus:
+        """The controller's current report."""
+
+
+@dataclass
+class RuntimeReport:
+    """What ``ControllerRuntime.run`` measured."""
+
+    cycles: int
+    state: str
+    reason: str
+    fault_detected_after_s: float | None
+    standstill_after_s: float | None
+    loop: dict[str, Any]
+    client: dict[str, Any]
+    safety: dict[str, int]
+    controller: dict[str, Any]
+
+
+class ControllerRuntime:
+    """Drives ``controller`` from a policy server through ``client``, behind a safety layer.
+
+    Args:
+        controller: The robot's adapter.
+        client: A connected ``EdgeClient``.
+        hold_window_s: Hold window (s).
+        model_sha256: Model the controller was certified with (None: accept the server's).
+        max_change: Rate limit per action component and cycle (None: the full range).
+        name: Controller name sent in HELLO.
+    """
+
+    def __init__(
+        self,
+        controller: RobotController,
+        client: EdgeClient,
+        hold_window_s: float = 0.020,
+        model_sha256: str | None = None,
+        max_change: np.ndarray | None = None,
+        name: str = "controller",
+    ) -> None:
+        self.controller, self.client = controller, client
+        desc = controller.description
+        low = np.concatenate([np.ravel(a["low"]) for a in desc.action]).astype(np.float32)
+        high = np.concatenate([np.ravel(a["high"]) for a in desc.action]).astype(np.float32)
+        self.safety = SafetyLayer(
+            SafetyConfig(
+                low=low,
+                high=high,
+                max_change=high - low if max_change is None else np.asarray(max_change),
+                control_period_s=1.0 / desc.control_rate_hz,
+                hold_window_s=hold_window_s,
+            )
+        )
+        self.loop = FixedRateLoop(desc.control_rate_hz)
+        self.model_sha256, self.name = model_sha256, name
+        self.last_fresh_s: float | None = None  # when the last fresh action was applied
+        self.standstill_at_s: float | None = None  # when the robot stood still after braking
+
+    def hello(self) -> dict[str, Any]:
+        """The HELLO payload of this controller."""
+        desc = self.controller.description
+        return {
+            "protocol_version": p.PROTOCOL_VERSION,
+            "controller": self.name,
+            "robot": desc.robot,
+            "task_id": desc.task_id,
+            "observation": desc.observation,
+            "action": desc.action,
+            "control_rate_hz": desc.control_rate_hz,
+            "hold_window_ms": self.safety.config.hold_window_s * 1e3,
+            "schema_sha256": p.schema_sha256(desc.observation, desc.action),
+            "model_sha256": self.model_sha256,
+        }
+
+    def rearm(self) -> dict[str, Any]:
+        """Leave FAULT and open a new session (raises ``HandshakeError`` when refused)."""
+        welcome = self.client.handshake(self.hello())
+        self.safety.rearm(time.monotonic())
+        self.last_fresh_s = self.standstill_at_s = None
+        self.loop = FixedRateLoop(self.controller.description.control_rate_hz)
+        return welcome
+
+    def run(self, max_cycles: int | None = None) -> RuntimeReport:
+        """Run until the controller is finished, FAULT latches, or ``max_cycles`` cycles."""
+        cycles = 0
+        while max_cycles is None or cycles < max_cycles:
+            cycles += 1
+            decision = self.cycle()
+            if decision.state is State.FAULT or self.controller.status().finished:
+                break
+        return self.report(cycles)
+
+    def cycle(self) -> Decision:
+        """One control cycle (waits for its due time first)."""
+        due, overran = self.loop.wait_next()
+        braking = self.safety.overrun(due) if overran else None
+        if not overran:
+            self.safety.on_time()
+        if braking is None and self.safety.state not in (State.BRAKING, State.FAULT):
+            obs, start = self.controller.read_state()
+            self.client.send_observation(obs, episode_start=start)
+            budget = min(due + 0.8 * self.loop.period_s, self.safety.hold_deadline_s)
+            action = self.client.receive_action(max(0.0, budget - time.monotonic()))
+            decision = self.safety.decide(time.monotonic(), action)
+        else:
+            decision = self.safety.decide(time.monotonic(), None)
+        self._act(decision)
+        return decision
+
+    def _act(self, decision: Decision) -> None:
+        now = time.monotonic()
+        if decision.state is State.RUNNING and decision.command is not None:
+            self.controller.apply_action(decision.command)
+            self.last_fresh_s = now
+        elif decision.command is not None:  # HOLD, ARMED
+            self.controller.hold(decision.command)
+        else:
+            self.controller.brake()
+            if self.safety.state is State.BRAKING and self.controller.status().standstill:
+                self.safety.standstill(now)
+                self.standstill_at_s = now
+
+    def report(self, cycles: int) -> RuntimeReport:
+        """The figures of the run so far."""
+        stats = self.loop.stats
+        detected = standstill = None
+        braked = self.safety.brake_started_s
+        if braked is not None and self.last_fresh_s is not None:
+            detected = braked - self.last_fresh_s  # since the last fresh action
+        if braked is not None and self.standstill_at_s is not None:
+            standstill = self.standstill_at_s - braked
+        return RuntimeReport(
+            cycles=cycles,
+            state=self.safety.state.value,
+            reason=self.safety.reason,
+            fault_detected_after_s=detected,
+            standstill_after_s=standstill,
+            loop={
+                "rate_hz": 1.0 / self.loop.period_s,
+                "cycles": stats.cycles,
+                "missed": stats.missed,
+                "miss_rate": stats.miss_rate,
+                "longest_miss_run": stats.longest_miss_run,
+                "lateness_us": stats.lateness.summary_us(),
+            },
+            client=self.client.metrics.snapshot(),
+            safety=dict(vars(self.safety.counters)),
+            controller=self.controller.status().info,
+        )

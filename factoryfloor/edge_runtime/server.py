@@ -1,0 +1,325 @@
+"""The policy server: one ROUTER socket, a session per robot controller (``docs/protocol.md``).
+
+Each ``run_once`` drains every frame waiting on the socket, keeps only the newest OBSERVATION of
+each session, answers all of them with one batched inference call, and sends one ACTION per
+session. Malformed frames, messages without a session and stale sequence numbers are counted and
+answered with rate-limited ERROR frames; the loop never raises on bad input.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from factoryfloor.edge_runtime import protocol as p
+from factoryfloor.edge_runtime.metrics import Metrics, resident_memory_mb
+from factoryfloor.edge_runtime.served import ServedPolicy
+from factoryfloor.edge_runtime.session_check import check_hello
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """Policy server settings.
+
+    Attributes:
+        bind: ZeroMQ endpoint to bind (loopback by default).
+        max_sessions: Robot sessions served at once.
+        max_action_age_ms: Largest action age controllers should accept (ms; sent in WELCOME).
+        session_timeout_s: A session without OBSERVATION for this long is closed (s).
+        error_replies_per_s: ERROR frames per peer per second at most (the rest only counted).
+        poll_timeout_ms: Longest wait for a frame in ``run_once`` (ms).
+        max_frames_per_drain: Frames read per ``run_once`` before answering (bounds latency).
+        name: Server name sent in WELCOME.
+    """
+
+    bind: str = "tcp://127.0.0.1:5555"
+    max_sessions: int = 64
+    max_action_age_ms: float = 50.0
+    session_timeout_s: float = 10.0
+    error_replies_per_s: float = 10.0
+    poll_timeout_ms: int = 100
+    max_frames_per_drain: int = 1_000
+    name: str = "factoryfloor-edge"
+
+
+@dataclass
+class Session:
+    """One robot controller's session."""
+
+    session_id: int
+    identity: bytes
+    last_seq: int = 0
+    sent_seq: int = 0
+    last_seen_s: float = 0.0
+    pending: p.Message | None = None
+    reset_pending: bool = False
+
+
+@dataclass
+class _ErrorBudget:
+    tokens: float
+    stamp_s: float
+
+
+@dataclass
+class _Inbox:
+    """Newest OBSERVATION per session from one drain."""
+
+    sessions: dict[int, Session] = field(default_factory=dict)
+
+
+class PolicyServer:
+    """Serves ``policy`` to robot controllers over a ROUTER socket.
+
+    Args:
+        policy: What to serve (``served.BundleServedPolicy`` or any ``ServedPolicy``).
+        config: Server settings.
+        socket: An already configured, bound ROUTER socket (security set up by the caller), or
+            None to create one on ``config.bind`` without security.
+    """
+
+    def __init__(
+        self, policy: ServedPolicy, config: ServerConfig, socket: zmq.Socket[bytes] | None = None
+    ) -> None:
+        self.policy, self.config = policy, config
+        self.spec = policy.spec
+        self.metrics = Metrics("server")
+        self.sessions: dict[int, Session] = {}
+        self.by_identity: dict[bytes, int] = {}
+        self._errors: dict[bytes, _ErrorBudget] = {}
+        self._seq = 0
+        self.stop_event = threading.Event()
+        if socket is None:
+            socket = zmq.Context.instance().socket(zmq.ROUTER)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.bind(config.bind)
+        self.socket = socket
+        self.metrics.set_gauge("resident_memory_mb", resident_memory_mb())
+
+    @property
+    def endpoint(self) -> str:
+        """The bound endpoint (with the real port when ``bind`` asked for any port)."""
+        return str(self.socket.getsockopt_string(zmq.LAST_ENDPOINT))
+
+    def serve_forever(self) -> None:
+        """``run_once`` until ``stop_event`` is set."""
+        while not self.stop_event.is_set():
+            self.run_once()
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.socket.close(linger=0)
+
+    def run_once(self, timeout_ms: int | None = None) -> int:
+        """Wait for frames, drain them, answer the newest observation of each session.
+
+        Returns:
+            Actions sent.
+        """
+        timeout = self.config.poll_timeout_ms if timeout_ms is None else timeout_ms
+        if not self.socket.poll(timeout, zmq.POLLIN):
+            self._expire_sessions()
+            return 0
+        inbox = _Inbox()
+        for _ in range(self.config.max_frames_per_drain):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            self._handle(frames, inbox)
+        sent = self._answer(inbox)
+        self._expire_sessions()
+        return sent
+
+    def _handle(self, frames: list[bytes], inbox: _Inbox) -> None:
+        self.metrics.count("frames_received")
+        identity = frames[0]
+        if len(frames) != 2:
+            self._reject(identity, p.ErrorCode.BAD_LENGTH, "one frame per message (no multipart)")
+            return
+        try:
+            msg = p.decode(frames[1])
+        except p.ProtocolError as exc:
+            self._reject(identity, exc.code, exc.text)
+            return
+        handler = self._handlers.get(msg.type)
+        if handler is None:
+            self._reject(identity, p.ErrorCode.BAD_TYPE, f"{msg.type.name} is not sent to servers")
+            return
+        handler(self, identity, msg, inbox)
+
+    def _on_hello(self, identity: bytes, msg: p.Message, inbox: _Inbox) -> None:
+        try:
+            hello = p.decode_json(msg.payload)
+            check_hello(hello, self.spec)
+        except p.ProtocolError as exc:
+            self._reject(identity, exc.code, exc.text, msg)
+            return
+        old = self.by_identity.pop(identity, None)
+        if old is not None:
+            self.sessions.pop(old, None)
+            inbox.sessions.pop(old, None)
+        if len(self.sessions) >= self.config.max_sessions:
+            self._reject(identity, p.ErrorCode.TOO_MANY_SESSIONS, "server full", msg)
+            return
+        session = Session(self._new_session_id(), identity, last_seen_s=time.monotonic())
+        self.sessions[session.session_id] = session
+        self.by_identity[identity] = session.session_id
+        self.metrics.count("sessions_opened")
+        self.metrics.set_gauge("sessions", len(self.sessions))
+        self._send(session, p.MsgType.WELCOME, self._welcome(session), msg)
+
+    def _welcome(self, session: Session) -> bytes:
+        spec = self.spec
+        return p.encode_json(
+            {
+                "protocol_version": p.PROTOCOL_VERSION,
+                "session_id": session.session_id,
+                "server": self.config.name,
+                "task_id": spec.task_id,
+                "robot": spec.robot,
+                "observation": spec.observation,
+                "action": spec.action,
+                "schema_sha256": spec.schema_sha256,
+                "model_sha256": spec.model_sha256,
+                "control_rate_hz": spec.control_rate_hz,
+                "max_action_age_ms": self.config.max_action_age_ms,
+            }
+        )
+
+    def _on_observation(self, identity: bytes, msg: p.Message, inbox: _Inbox) -> None:
+        session = self._session_of(identity, msg)
+        if session is None:
+            return
+        if msg.seq <= session.last_seq:
+            self.metrics.count("observations_stale")  # duplicated, reordered or replayed
+            return
+        if len(msg.payload) != 4 * self.spec.obs_size:
+            text = f"{len(msg.payload) // 4} values; the observation spec has {self.spec.obs_size}"
+            self._reject(identity, p.ErrorCode.BAD_LENGTH, text, msg)
+            return
+        if session.pending is not None:
+            self.metrics.count("observations_superseded")
+        session.last_seq, session.last_seen_s = msg.seq, time.monotonic()
+        session.pending = msg
+        session.reset_pending |= bool(msg.flags & p.Flags.EPISODE_START)
+        inbox.sessions[session.session_id] = session
+
+    def _on_heartbeat(self, identity: bytes, msg: p.Message, inbox: _Inbox) -> None:
+        session = self._session_of(identity, msg)
+        if session is not None:
+            session.last_seen_s = time.monotonic()
+
+    def _on_bye(self, identity: bytes, msg: p.Message, inbox: _Inbox) -> None:
+        session = self._session_of(identity, msg)
+        if session is not None:
+            self._close_session(session, "sessions_closed_bye")
+            inbox.sessions.pop(session.session_id, None)
+
+    _handlers: dict[p.MsgType, Any] = {
+        p.MsgType.HELLO: _on_hello,
+        p.MsgType.OBSERVATION: _on_observation,
+        p.MsgType.HEARTBEAT: _on_heartbeat,
+        p.MsgType.BYE: _on_bye,
+    }
+
+    def _session_of(self, identity: bytes, msg: p.Message) -> Session | None:
+        session = self.sessions.get(msg.session_id)
+        if session is None or session.identity != identity:
+            self._reject(identity, p.ErrorCode.NO_SESSION, "no such session: send HELLO", msg)
+            return None
+        return session
+
+    def _answer(self, inbox: _Inbox) -> int:
+        ready = [s for s in inbox.sessions.values() if s.pending is not None]
+        if not ready:
+            return 0
+        obs = np.stack([p.decode_floats(s.pending.payload, self.spec.obs_size) for s in ready])  # type: ignore[union-attr]
+        finite = np.isfinite(obs).all(axis=1)
+        self.metrics.count("observations_nonfinite", int((~finite).sum()))
+        ready = [s for s, ok in zip(ready, finite, strict=True) if ok]
+        for s in ready:
+            if s.reset_pending:
+                self.policy.reset(s.session_id)
+                s.reset_pending = False
+        if not ready:
+            return 0
+        t0 = time.perf_counter()
+        try:
+            actions = self.policy.act_batch([s.session_id for s in ready], obs[finite])
+        except Exception as exc:  # the policy's failure must not stop the server
+            for s in ready:
+                self._reject(s.identity, p.ErrorCode.INTERNAL, f"inference failed: {exc}")
+            return 0
+        self.metrics.observe("inference", time.perf_counter() - t0)
+        self.metrics.count("batches")
+        self.metrics.count("actions_sent", len(ready))
+        for s, action in zip(ready, actions, strict=True):
+            request, s.pending = s.pending, None
+            self._send(s, p.MsgType.ACTION, p.encode_floats(action), request)
+        return len(ready)
+
+    def _send(
+        self, session: Session, kind: p.MsgType, payload: bytes, request: p.Message | None
+    ) -> None:
+        session.sent_seq += 1
+        msg = p.Message(
+            kind,
+            session.session_id,
+            session.sent_seq,
+            request.seq if request else 0,
+            time.monotonic_ns(),
+            request.t_send_ns if request else 0,
+            payload=payload,
+        )
+        self.socket.send_multipart([session.identity, p.encode(msg)])
+
+    def _reject(
+        self, identity: bytes, code: p.ErrorCode, text: str, request: p.Message | None = None
+    ) -> None:
+        """Count a refused frame and answer with ERROR unless the peer's budget is spent."""
+        self.metrics.count(f"rejected_{code.name.lower()}")
+        now = time.monotonic()
+        rate = self.config.error_replies_per_s
+        budget = self._errors.setdefault(identity, _ErrorBudget(rate, now))
+        budget.tokens = min(rate, budget.tokens + (now - budget.stamp_s) * rate)
+        budget.stamp_s = now
+        if budget.tokens < 1.0:
+            self.metrics.count("error_replies_suppressed")
+            return
+        budget.tokens -= 1.0
+        self._seq += 1
+        msg = p.Message(
+            p.MsgType.ERROR,
+            request.session_id if request else 0,
+            self._seq,
+            request.seq if request else 0,
+            time.monotonic_ns(),
+            request.t_send_ns if request else 0,
+            payload=p.encode_error(code, text),
+        )
+        self.socket.send_multipart([identity, p.encode(msg)])
+
+    def _new_session_id(self) -> int:
+        while True:
+            sid = secrets.randbits(32)
+            if sid and sid not in self.sessions:
+                return sid
+
+    def _expire_sessions(self) -> None:
+        deadline = time.monotonic() - self.config.session_timeout_s
+        for session in [s for s in self.sessions.values() if s.last_seen_s < deadline]:
+            self._close_session(session, "sessions_expired")
+
+    def _close_session(self, session: Session, counter: str) -> None:
+        self.sessions.pop(session.session_id, None)
+        self.by_identity.pop(session.identity, None)
+        self.policy.reset(session.session_id)
+        self.metrics.count(counter)
+        self.metrics.set_gauge("sessions", len(self.sessions))

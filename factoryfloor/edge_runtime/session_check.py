@@ -1,0 +1,74 @@
+"""Handshake checks: a HELLO is accepted only when it matches the served policy exactly."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from factoryfloor.edge_runtime import protocol as p
+from factoryfloor.edge_runtime.served import WireSpec
+
+REQUIRED = (
+    "protocol_version",
+    "robot",
+    "task_id",
+    "observation",
+    "action",
+    "control_rate_hz",
+    "schema_sha256",
+)
+
+
+def check_hello(hello: dict[str, Any], spec: WireSpec) -> None:
+    """Refuse a HELLO that does not match ``spec``.
+
+    Raises:
+        ProtocolError: ``BAD_PAYLOAD`` for missing or mistyped fields, ``BAD_VERSION``,
+            ``TASK_MISMATCH``, ``SCHEMA_MISMATCH`` or ``MODEL_MISMATCH``, each saying what differs.
+    """
+    missing = [k for k in REQUIRED if k not in hello]
+    if missing:
+        raise p.ProtocolError(p.ErrorCode.BAD_PAYLOAD, f"HELLO lacks {missing}")
+    if hello["protocol_version"] != p.PROTOCOL_VERSION:
+        raise p.ProtocolError(
+            p.ErrorCode.BAD_VERSION,
+            f"HELLO protocol_version {hello['protocol_version']!r}; the server speaks "
+            f"{p.PROTOCOL_VERSION}",
+        )
+    _check_task(hello, spec)
+    _check_schema(hello, spec)
+    model = hello.get("model_sha256")
+    if model is not None and model != spec.model_sha256:
+        raise p.ProtocolError(
+            p.ErrorCode.MODEL_MISMATCH,
+            f"controller expects model {str(model)[:16]}..., the server serves "
+            f"{spec.model_sha256[:16]}...; serve the bundle the controller was certified with",
+        )
+
+
+def _check_task(hello: dict[str, Any], spec: WireSpec) -> None:
+    rate = hello["control_rate_hz"]
+    if not isinstance(rate, int | float) or not math.isclose(float(rate), spec.control_rate_hz):
+        raise p.ProtocolError(
+            p.ErrorCode.TASK_MISMATCH,
+            f"control rate {rate!r} Hz; the policy runs at {spec.control_rate_hz} Hz",
+        )
+    for key, ours in (("task_id", spec.task_id), ("robot", spec.robot)):
+        if hello[key] != ours:
+            raise p.ProtocolError(
+                p.ErrorCode.TASK_MISMATCH, f"{key} {hello[key]!r}; the server serves {ours!r}"
+            )
+
+
+def _check_schema(hello: dict[str, Any], spec: WireSpec) -> None:
+    try:
+        theirs = p.schema_sha256(hello["observation"], hello["action"])
+    except (TypeError, KeyError, AttributeError, ValueError) as exc:
+        raise p.ProtocolError(p.ErrorCode.BAD_PAYLOAD, f"malformed specs in HELLO: {exc}") from None
+    if theirs != spec.schema_sha256 or hello["schema_sha256"] != spec.schema_sha256:
+        raise p.ProtocolError(
+            p.ErrorCode.SCHEMA_MISMATCH,
+            "observation/action specs differ from the served policy's (server schema "
+            f"{spec.schema_sha256[:16]}..., HELLO {str(hello['schema_sha256'])[:16]}..., specs "
+            f"hash to {theirs[:16]}...); the WELCOME/bundle manifest lists the expected specs",
+        )

@@ -1,0 +1,150 @@
+"""The simulated robot controller: a factoryfloor cell behind the edge protocol.
+
+``SimController`` implements ``edge_runtime.controller.RobotController`` on a ``FactoryEnv``:
+each control cycle applies one command for one control period of simulated time, and the
+``ControllerRuntime`` paces the cycles in real time at the task's control rate. Braking commands
+zero TCP motion (the gripper keeps its last command, so a held part is not dropped); standstill
+is a TCP speed below ``STANDSTILL_M_S``. ``run_sim`` connects it to a policy server and runs
+episodes (``factoryfloor edge run-sim``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from factoryfloor.edge_runtime.client import EdgeClient
+from factoryfloor.edge_runtime.controller import (
+    ControllerRuntime,
+    ControllerStatus,
+    RobotController,
+    RobotDescription,
+)
+
+STANDSTILL_M_S = 0.005  # TCP speed below which the arm counts as standing still (m/s)
+TCP_VELOCITY = slice(3, 6)  # TCP velocity (m/s) in the robot part of "observation"
+
+
+def describe_env(env: gym.Env[Any, Any], task_id: str, robot: str) -> RobotDescription:
+    """The HELLO description of a factoryfloor env: Dict keys in sorted (wire) order."""
+    obs_space, act_space = env.observation_space, env.action_space
+    assert isinstance(obs_space, gym.spaces.Dict) and isinstance(act_space, gym.spaces.Box)
+    observation = [
+        {"name": k, "shape": list(obs_space[k].shape or ()), "units": ""}
+        for k in sorted(obs_space.spaces)
+    ]
+    action = [
+        {
+            "name": "action",
+            "shape": list(act_space.shape),
+            "low": [float(v) for v in act_space.low],
+            "high": [float(v) for v in act_space.high],
+            "units": "normalised command",
+        }
+    ]
+    rate = float(env.metadata["render_fps"])
+    return RobotDescription(robot, task_id, rate, observation, action)
+
+
+class SimController(RobotController):
+    """A simulated cell running ``episodes`` seeded episodes.
+
+    Args:
+        task_id: Gymnasium id of a factoryfloor task.
+        robot: Robot name.
+        episodes: Episodes to run before ``status().finished``.
+        seed: Seed of the first episode (then ``seed + 1``, ...).
+    """
+
+    def __init__(self, task_id: str, robot: str = "panda", episodes: int = 10, seed: int = 0):
+        self.env = gym.make(task_id, robot=robot)
+        self.description = describe_env(self.env, task_id, robot)
+        self.episodes, self.seed = episodes, seed
+        self.results: list[dict[str, Any]] = []
+        self._obs: dict[str, np.ndarray] | None = None
+        self._steps = 0
+        self._last_grip = 1.0
+
+    def read_state(self) -> tuple[np.ndarray, bool]:
+        """Flat observation (keys in sorted order); resets the env at an episode's start."""
+        start = self._obs is None
+        if start:
+            self._obs, _ = self.env.reset(seed=self.seed + len(self.results))
+            self._steps = 0
+        assert self._obs is not None
+        flat = np.concatenate([np.ravel(self._obs[k]) for k in sorted(self._obs)])
+        return flat.astype(np.float32), start
+
+    def apply_action(self, action: np.ndarray) -> None:
+        """One env step with ``action``."""
+        self._step(action)
+
+    def hold(self, action: np.ndarray) -> None:
+        """One env step with the last command (or standing still before the first)."""
+        self._step(action)
+
+    def brake(self) -> None:
+        """One env step commanding no TCP motion and the last gripper command."""
+        command = np.zeros(self.env.action_space.shape, dtype=np.float32)
+        command[-1] = self._last_grip
+        self._obs, *_ = self.env.step(command)  # braking ignores the episode's end
+
+    def status(self) -> ControllerStatus:
+        """Standstill from the TCP speed; finished after ``episodes`` episodes."""
+        speed = 0.0 if self._obs is None else float(np.linalg.norm(self._tcp_velocity()))
+        successes = sum(r["success"] for r in self.results)
+        info = {
+            "episodes": len(self.results),
+            "successes": successes,
+            "success_rate": successes / len(self.results) if self.results else None,
+            "tcp_speed_m_s": round(speed, 5),
+        }
+        finished = len(self.results) >= self.episodes
+        return ControllerStatus(speed < STANDSTILL_M_S, finished, info)
+
+    def _tcp_velocity(self) -> np.ndarray:
+        assert self._obs is not None
+        return self._obs["observation"][TCP_VELOCITY]
+
+    def _step(self, action: np.ndarray) -> None:
+        self._last_grip = float(action[-1])
+        self._obs, _, terminated, truncated, info = self.env.step(action)
+        self._steps += 1
+        if terminated or truncated:
+            success = bool(info.get("is_success", False))
+            self.results.append({"success": success, "steps": self._steps})
+            self._obs = None
+
+    def close(self) -> None:
+        """Close the env."""
+        self.env.close()
+
+
+def run_sim(
+    task_id: str,
+    connect: str,
+    episodes: int,
+    robot: str = "panda",
+    seed: int = 0,
+    hold_window_s: float = 0.020,
+    client: EdgeClient | None = None,
+) -> dict[str, Any]:
+    """Run ``episodes`` episodes of ``task_id`` in real time against the server at ``connect``.
+
+    Returns:
+        The runtime report as a dict, with the episodes' results.
+    """
+    controller = SimController(task_id, robot, episodes, seed)
+    client = client or EdgeClient(connect)
+    try:
+        runtime = ControllerRuntime(controller, client, hold_window_s, name=f"sim-{robot}")
+        welcome = runtime.rearm()
+        report = asdict(runtime.run())
+        client.send_bye()
+    finally:
+        client.close()
+        controller.close()
+    return {"welcome": welcome, **report, "episodes": controller.results}
