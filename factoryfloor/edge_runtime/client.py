@@ -1,5 +1,4 @@
-"""The controller's side of the wire: a DEALER that handshakes, sends observations and keeps
-only valid actions (``docs/protocol.md``).
+"""The controller's side of the wire: a DEALER that keeps only valid actions.
 
 ``EdgeClient.handshake`` sends HELLO and waits for WELCOME (an ERROR raises ``HandshakeError``
 with the server's code). ``send_observation`` sends one OBSERVATION; ``receive_action`` drains

@@ -141,7 +141,7 @@ class MetricsHttpServer:
 
 def _handler_for(sources: list[Metrics]) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
+        def do_GET(self) -> None:
             if self.path.split("?")[0] != "/metrics":
                 self.send_error(404, "only /metrics is served")
                 return
@@ -152,7 +152,7 @@ def _handler_for(sources: list[Metrics]) -> type[http.server.BaseHTTPRequestHand
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             """Quiet: no access log on stderr."""
 
     return Handler

@@ -12,7 +12,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import zmq
@@ -222,7 +222,7 @@ class PolicyServer:
             self._close_session(session, "sessions_closed_bye")
             inbox.sessions.pop(session.session_id, None)
 
-    _handlers: dict[p.MsgType, Any] = {
+    _handlers: ClassVar[dict[p.MsgType, Any]] = {
         p.MsgType.HELLO: _on_hello,
         p.MsgType.OBSERVATION: _on_observation,
         p.MsgType.HEARTBEAT: _on_heartbeat,
