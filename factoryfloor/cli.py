@@ -194,6 +194,105 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_edge(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="edge_command", required=True, metavar="EDGE_COMMAND")
+    serve = sub.add_parser("serve", help="serve a policy bundle (or the expert) over ZeroMQ")
+    serve.add_argument("--policy", required=True, help="a .ffpolicy bundle, or expert")
+    serve.add_argument("--task", help="task of --policy expert, e.g. factoryfloor/PickPlace-v0")
+    serve.add_argument("--robot", default="panda", help="robot of --policy expert")
+    serve.add_argument("--bind", default="tcp://127.0.0.1:5555", help="endpoint to bind")
+    serve.add_argument("--keys", type=Path, help="CURVE key folder (factoryfloor edge keygen)")
+    serve.add_argument("--metrics-port", type=int, help="Prometheus text on 127.0.0.1:PORT")
+    serve.add_argument("--metrics-jsonl", type=Path, help="append metrics snapshots here")
+    serve.add_argument("--report-every", type=float, default=10.0, help="seconds between reports")
+    serve.add_argument("--max-action-age-ms", type=float, default=50.0, help="sent in WELCOME")
+    serve.add_argument("--ready-file", type=Path, help="write the bound endpoint here when ready")
+    serve.set_defaults(edge_run=_run_edge_serve)
+    sim = sub.add_parser("run-sim", help="run the simulated controller against a policy server")
+    sim.add_argument("--task", required=True, help="environment id")
+    sim.add_argument("--connect", default="tcp://127.0.0.1:5555", help="server endpoint")
+    sim.add_argument("--episodes", type=int, default=10, help="episodes to run")
+    sim.add_argument("--robot", default="panda", help="robot name")
+    sim.add_argument("--seed", type=int, default=0, help="seed of the first episode")
+    sim.add_argument("--hold-window-ms", type=float, default=20.0, help="hold window (ms)")
+    sim.add_argument("--keys", type=Path, help="CURVE key folder holding this client's keys")
+    sim.add_argument("--client-name", default="controller", help="client key name in --keys")
+    sim.add_argument("--json", action="store_true", help="print the full report as JSON")
+    sim.set_defaults(edge_run=_run_edge_sim)
+    keygen = sub.add_parser("keygen", help="create CURVE keys for a server and its controllers")
+    keygen.add_argument("dir", type=Path, help="key folder")
+    keygen.add_argument("--client", action="append", help="client name (repeatable)")
+    keygen.set_defaults(edge_run=_run_edge_keygen)
+
+
+def _run_edge(args: argparse.Namespace) -> int:
+    return int(args.edge_run(args))
+
+
+def _run_edge_serve(args: argparse.Namespace) -> int:
+    from factoryfloor.edge_runtime.serve import ServeOptions, serve
+    from factoryfloor.edge_runtime.server import ServerConfig
+
+    if args.policy == "expert":
+        from factoryfloor.policies.served_expert import ExpertServedPolicy
+
+        if not args.task:
+            raise ValueError("--policy expert needs --task, e.g. --task factoryfloor/PickPlace-v0")
+        policy = ExpertServedPolicy(args.task, args.robot)
+    else:
+        from factoryfloor.edge_runtime.bundle import load_bundle
+        from factoryfloor.edge_runtime.served import BundleServedPolicy
+
+        policy = BundleServedPolicy(load_bundle(args.policy))
+    config = ServerConfig(bind=args.bind, max_action_age_ms=args.max_action_age_ms)
+    options = ServeOptions(
+        keys_dir=args.keys, metrics_port=args.metrics_port, metrics_jsonl=args.metrics_jsonl,
+        report_every_s=args.report_every, ready_file=args.ready_file,
+    )  # fmt: skip
+    return serve(policy, config, options)
+
+
+def _run_edge_sim(args: argparse.Namespace) -> int:
+    from factoryfloor.edge_runtime.client import EdgeClient
+    from factoryfloor.sim.edge_controller import run_sim
+
+    client = None
+    if args.keys is not None:
+        import zmq
+
+        from factoryfloor.edge_runtime.auth import secure_client
+
+        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        secure_client(socket, args.keys, args.client_name)
+        socket.connect(args.connect)
+        client = EdgeClient(args.connect, socket)
+    report = run_sim(
+        args.task, args.connect, args.episodes, args.robot, args.seed,
+        args.hold_window_ms / 1e3, client,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(report, default=str))
+    else:
+        rtt = report["client"]["latency_us"].get("round_trip", {})
+        info = report["controller"]
+        print(
+            f"{info['episodes']} episodes, success rate {info['success_rate']}, state "
+            f"{report['state']} {report['reason']}; round trip p50 {rtt.get('p50')} us "
+            f"p99 {rtt.get('p99')} us; deadline misses {report['loop']['missed']}"
+        )
+    return 0 if report["state"] != "FAULT" else 1
+
+
+def _run_edge_keygen(args: argparse.Namespace) -> int:
+    from factoryfloor.edge_runtime.auth import keygen
+
+    for role, path in keygen(args.dir, args.client).items():
+        print(f"{role}: {path}")
+    print(f"server: --keys {args.dir}; give each controller {args.dir}/server.key and its secret")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Configure, Run]] = {
     "train": (
         "train a policy with stable-baselines3 (HER for the goal tasks); writes a run folder",
@@ -216,6 +315,11 @@ COMMANDS: dict[str, tuple[str, Configure, Run]] = {
         _configure_demo,
         _run_demo,
     ),
+    "edge": (
+        "edge runtime: serve a policy over ZeroMQ, run the simulated controller, make keys",
+        _configure_edge,
+        _run_edge,
+    ),
 }
 
 
@@ -234,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``factoryfloor`` console script; returns the exit status."""
     from gymnasium.error import Error as GymError
 
+    from factoryfloor.edge_runtime.protocol import EdgeError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
@@ -244,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except (ValueError, KeyError, GymError) as exc:  # bad input: one clear line, no traceback
+    except (ValueError, KeyError, GymError, EdgeError) as exc:  # one clear line, no traceback
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"factoryfloor {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from factoryfloor.edge_runtime import protocol as p
 from factoryfloor.edge_runtime.metrics import Metrics
 
 
-class HandshakeError(RuntimeError):
+class HandshakeError(p.EdgeError):
     """The server refused the HELLO, or did not answer in time.
 
     Attributes:

@@ -24,6 +24,7 @@ __all__ = [
     "MAX_FLOATS",
     "MAX_JSON_BYTES",
     "PROTOCOL_VERSION",
+    "EdgeError",
     "ErrorCode",
     "Flags",
     "Message",
@@ -84,6 +85,10 @@ class ErrorCode(IntEnum):
     NO_SESSION = 13
     TOO_MANY_SESSIONS = 14
     INTERNAL = 15
+
+
+class EdgeError(RuntimeError):
+    """An edge runtime failure the user can act on (refused handshake, keys, insecure bind)."""
 
 
 class ProtocolError(ValueError):
