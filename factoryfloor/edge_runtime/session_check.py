@@ -60,10 +60,31 @@ def _check_task(hello: dict[str, Any], spec: WireSpec) -> None:
             )
 
 
+def _well_formed(items: Any) -> bool:
+    """A spec list: ``[{"name": str, "shape": [int, ...], ...}, ...]``, not empty."""
+    return (
+        isinstance(items, list)
+        and bool(items)
+        and all(
+            isinstance(item, dict)
+            and isinstance(item.get("name"), str)
+            and isinstance(item.get("shape"), list)
+            and all(isinstance(n, int) and n >= 0 for n in item["shape"])
+            for item in items
+        )
+    )
+
+
 def _check_schema(hello: dict[str, Any], spec: WireSpec) -> None:
+    for key in ("observation", "action"):
+        if not _well_formed(hello[key]):
+            raise p.ProtocolError(
+                p.ErrorCode.BAD_PAYLOAD,
+                f"HELLO {key} must be a list of {{name, shape}} objects, got {hello[key]!r:.80}",
+            )
     try:
         theirs = p.schema_sha256(hello["observation"], hello["action"])
-    except (TypeError, KeyError, AttributeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:
         raise p.ProtocolError(p.ErrorCode.BAD_PAYLOAD, f"malformed specs in HELLO: {exc}") from None
     if theirs != spec.schema_sha256 or hello["schema_sha256"] != spec.schema_sha256:
         raise p.ProtocolError(
