@@ -12,6 +12,17 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+# top-level module -> the extra of pyproject.toml that installs it
+EXTRA_OF_MODULE = {
+    "pybullet": "sim",
+    "cv2": "sim",
+    "zmq": "edge",
+    "onnxruntime": "edge",
+    "torch": "train",
+    "stable_baselines3": "train",
+    "sb3_contrib": "train",
+    "yaml": "train",
+}
 Configure = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
 
@@ -343,10 +354,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except ModuleNotFoundError as exc:  # an optional dependency (train, edge extras) is missing
+    except ModuleNotFoundError as exc:  # an optional dependency (an extra) is missing
+        extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0], "train")
         print(
-            f"factoryfloor {args.command}: error: {exc}; install the extra that provides it, "
-            "e.g. pip install 'factoryfloor[train]'",
+            f"factoryfloor {args.command}: error: {exc}; install the extra that provides it: "
+            f"pip install 'factoryfloor[{extra}]'",
             file=sys.stderr,
         )
         return 2

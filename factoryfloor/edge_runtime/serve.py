@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +69,9 @@ def make_server(
 def serve(policy: ServedPolicy, config: ServerConfig, options: ServeOptions) -> int:
     """Serve until SIGINT/SIGTERM (exit 0) or the authenticator's death (``EXIT_AUTH_DIED``)."""
     server, security = make_server(policy, config, options.keys_dir)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: server.stop_event.set())
+    if threading.current_thread() is threading.main_thread():  # signals reach the main thread
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: server.stop_event.set())
     http = MetricsHttpServer([server.metrics], options.metrics_port).start() if (
         options.metrics_port is not None
     ) else None  # fmt: skip
