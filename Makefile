@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= sim,train,edge,dev,bench
 PYTEST_ARGS ?= -m "not slow and not gui and not hardware" -n 2
 
-.PHONY: demo test test-all lint format bench bench-train clean
+.PHONY: demo test test-all lint format bench bench-train bench-edge c-controller clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ bench: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) benchmarks/train_reach_check.py --out bench_results/train_reach_check.json
+
+bench-edge: $(STAMP)
+	$(PY) benchmarks/edge_latency.py --out bench_results/edge_latency.json
+
+c-controller: $(STAMP)
+	$(PY) examples/c_controller/build.py build/ffep_controller
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info out bench_results
