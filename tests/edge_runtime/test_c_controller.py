@@ -62,7 +62,7 @@ def run_c(c_controller, server, hello, cycles, rate_hz, hold_ms=50):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
-def test_c_controller_completes_1000_cycles_against_the_python_server(c_controller, server, tmp_path):
+def test_c_controller_runs_1000_cycles_against_the_python_server(c_controller, server, tmp_path):
     # The C side says it runs at the policy's rate in its HELLO, then loops at 200 Hz to show
     # the protocol's own speed (the policy is stateless; the rate is checked at the handshake).
     hello = hello_file(tmp_path, server.spec)
