@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,6 +195,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the rows, print the table, write the JSON report."""
     args = parse_args(argv)
+    warnings.filterwarnings("ignore", module="gymnasium")  # panda-gym's space warnings
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) > CORES:
         os.sched_setaffinity(0, cpus[:CORES])
