@@ -180,6 +180,11 @@ class _OnnxBackend:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # One observation per robot is a tiny graph: one thread, and no spin-waiting that would
+        # take the CPU from the controller or simulator running beside the server.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 members[ONNX], options, providers=["CPUExecutionProvider"]
