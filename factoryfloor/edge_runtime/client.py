@@ -10,6 +10,7 @@ counted in ``metrics``; nothing raises on bad input.
 
 from __future__ import annotations
 
+import select
 import time
 from typing import Any
 
@@ -48,6 +49,7 @@ class EdgeClient:
                 socket.setsockopt(option, value)
             socket.connect(endpoint)
         self.socket = socket
+        self._fd = int(socket.getsockopt(zmq.FD))
         self.metrics = Metrics("controller")
         self.session_id = 0
         self.welcome: dict[str, Any] = {}
@@ -114,9 +116,20 @@ class EdgeClient:
                 action = self._valid_action(msg)
                 if action is not None:
                     best = action
-            left_ms = int((deadline - time.monotonic()) * 1e3)
-            if best is not None or left_ms <= 0 or not self.socket.poll(left_ms, zmq.POLLIN):
+            left_s = deadline - time.monotonic()
+            if best is not None or left_s <= 0:
                 return best
+            self._wait_readable(left_s)
+
+    def _wait_readable(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` (s, sub-millisecond) for the socket to become readable.
+
+        ZeroMQ's own poll counts whole milliseconds, too coarse for a 1 kHz loop; its file
+        descriptor is edge-triggered, so pending messages are checked first (``EVENTS``).
+        """
+        if int(self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            return
+        select.select([self._fd], [], [], timeout_s)
 
     def _valid_action(self, msg: p.Message) -> np.ndarray | None:
         if msg.type is p.MsgType.ERROR:

@@ -108,6 +108,8 @@ class ControllerRuntime:
         model_sha256: Model the controller was certified with (None: accept the server's).
         max_change: Rate limit per action component and cycle (None: the full range).
         name: Controller name sent in HELLO.
+        loop_rate_hz: Loop rate (Hz); None runs at the description's control rate. Another
+            rate is for timing studies of stateless policies (HELLO still states the policy's).
     """
 
     def __init__(
@@ -118,9 +120,11 @@ class ControllerRuntime:
         model_sha256: str | None = None,
         max_change: np.ndarray | None = None,
         name: str = "controller",
+        loop_rate_hz: float | None = None,
     ) -> None:
         self.controller, self.client = controller, client
         desc = controller.description
+        self.rate_hz = loop_rate_hz or desc.control_rate_hz
         low = np.concatenate([np.ravel(a["low"]) for a in desc.action]).astype(np.float32)
         high = np.concatenate([np.ravel(a["high"]) for a in desc.action]).astype(np.float32)
         self.safety = SafetyLayer(
@@ -128,11 +132,11 @@ class ControllerRuntime:
                 low=low,
                 high=high,
                 max_change=high - low if max_change is None else np.asarray(max_change),
-                control_period_s=1.0 / desc.control_rate_hz,
+                control_period_s=1.0 / self.rate_hz,
                 hold_window_s=hold_window_s,
             )
         )
-        self.loop = FixedRateLoop(desc.control_rate_hz)
+        self.loop = FixedRateLoop(self.rate_hz)
         self.model_sha256, self.name = model_sha256, name
         self.last_fresh_s: float | None = None  # when the last fresh action was applied
         self.standstill_at_s: float | None = None  # when the robot stood still after braking
@@ -158,7 +162,7 @@ class ControllerRuntime:
         welcome = self.client.handshake(self.hello())
         self.safety.rearm(time.monotonic())
         self.last_fresh_s = self.standstill_at_s = None
-        self.loop = FixedRateLoop(self.controller.description.control_rate_hz)
+        self.loop = FixedRateLoop(self.rate_hz)
         return welcome
 
     def run(self, max_cycles: int | None = None) -> RuntimeReport:

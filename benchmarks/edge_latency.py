@@ -1,0 +1,327 @@
+"""Edge runtime latency and loop timing, against bare pyzmq and bare inference in the same run.
+
+Measures, with the server in its own process as on an edge box:
+
+1. bare pyzmq DEALER/ROUTER ping-pong over loopback TCP with the runtime's payload sizes (a
+   48-byte header plus the observation, the header plus the action back);
+2. bare bundle inference (one observation, ``BundlePolicy.act_batch``);
+3. the full runtime round trip (``EdgeClient`` -> ``factoryfloor edge serve`` -> ACTION);
+4. the controller loop (``ControllerRuntime`` with a stand-in robot) at 100, 250, 500 and
+   1000 Hz: deadline-miss rate, longest run of misses, round trip;
+5. 8 robots at 100 Hz (8 controller processes) served by one server process;
+6. the server's CPU time per action and resident memory.
+
+Targets (the edge runtime issue): runtime p99 <= 1.5 x (ping-pong p99 + inference p99); miss
+rate <= 0.1% at 500 Hz; 8 robots x 100 Hz with p99 < 2 ms; server RSS <= 150 MB.
+Prints a table and writes JSON.
+
+Usage::
+
+    python benchmarks/edge_latency.py --out bench_results/edge_latency.json
+    python benchmarks/edge_latency.py --loop-seconds 5 --quick   # a short look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from factoryfloor.edge_runtime import protocol as p
+from factoryfloor.edge_runtime.bundle import load_bundle
+from factoryfloor.edge_runtime.client import EdgeClient
+from factoryfloor.edge_runtime.controller import (
+    ControllerRuntime,
+    ControllerStatus,
+    RobotController,
+    RobotDescription,
+)
+from factoryfloor.edge_runtime.metrics import LatencyStats
+from factoryfloor.edge_runtime.served import bundle_wire_spec
+
+BUNDLE = str(files("factoryfloor.policies") / "pretrained" / "pick_place_panda.ffpolicy")
+RATES_HZ = (100, 250, 500, 1000)
+ECHO_SERVER = """
+import sys, zmq
+ctx = zmq.Context(); s = ctx.socket(zmq.ROUTER); s.setsockopt(zmq.LINGER, 0)
+port = s.bind_to_random_port("tcp://127.0.0.1"); print(port, flush=True)
+reply = bytes(int(sys.argv[1]))
+while True:
+    ident, frame = s.recv_multipart()
+    if frame == b"stop": break
+    s.send_multipart([ident, reply])
+"""
+
+
+class StandInRobot(RobotController):
+    """A robot that reports a fixed state and applies commands to nothing (timing only)."""
+
+    def __init__(self, description: RobotDescription, state: np.ndarray) -> None:
+        self.description, self.state = description, state
+
+    def read_state(self) -> tuple[np.ndarray, bool]:
+        """The fixed state; never an episode start."""
+        return self.state, False
+
+    def apply_action(self, action: np.ndarray) -> None:
+        """Nothing to move."""
+
+    def hold(self, action: np.ndarray) -> None:
+        """Nothing to move."""
+
+    def brake(self) -> None:
+        """Nothing to stop."""
+
+    def status(self) -> ControllerStatus:
+        """Always still, never finished."""
+        return ControllerStatus(standstill=True)
+
+
+def description(bundle_path: str) -> tuple[RobotDescription, int, int]:
+    """The HELLO description matching the bundle, and its observation and action sizes."""
+    spec = bundle_wire_spec(load_bundle(bundle_path, backend="numpy").manifest)
+    desc = RobotDescription(
+        spec.robot, spec.task_id, spec.control_rate_hz, spec.observation, spec.action
+    )
+    return desc, spec.obs_size, spec.action_size
+
+
+def ping_pong(obs_size: int, action_size: int, n: int) -> dict[str, float]:
+    """Bare DEALER/ROUTER round trips with the runtime's frame sizes (us)."""
+    import zmq
+
+    echo = subprocess.Popen(
+        [sys.executable, "-c", ECHO_SERVER, str(p.HEADER.size + 4 * action_size)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    port = int(echo.stdout.readline())
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    frame, stats = bytes(p.HEADER.size + 4 * obs_size), LatencyStats()
+    for i in range(n + 200):
+        t0 = time.perf_counter()
+        sock.send(frame)
+        sock.recv()
+        if i >= 200:
+            stats.add(time.perf_counter() - t0)
+    sock.send(b"stop")
+    echo.wait(5)
+    sock.close()
+    return stats.summary_us()
+
+
+def inference(n: int, period_s: float = 0.0) -> dict[str, float]:
+    """Bare bundle inference for one observation (us), back to back or one per period."""
+    bundle = load_bundle(BUNDLE)
+    obs = {k: np.zeros((1, *bundle._shapes[k]), np.float32) for k in bundle.keys}
+    stats = LatencyStats()
+    for i in range(n + 100):
+        if period_s:
+            time.sleep(period_s)
+        t0 = time.perf_counter()
+        bundle.act_batch(obs)
+        if i >= 100:
+            stats.add(time.perf_counter() - t0)
+    return stats.summary_us()
+
+
+def start_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    ready = folder / "ready"
+    cmd = [
+        sys.executable,
+        "-m",
+        "factoryfloor.cli",
+        "edge",
+        "serve",
+        "--policy",
+        BUNDLE,
+        "--bind",
+        "tcp://127.0.0.1:0",
+        "--ready-file",
+        str(ready),
+        "--report-every",
+        "3600",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise RuntimeError("the policy server did not start")
+        time.sleep(0.05)
+    return proc, ready.read_text().strip()
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU time (user + system) of a process so far (s)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_loop(endpoint: str, rate_hz: float, seconds: float) -> dict[str, Any]:
+    """The controller loop at ``rate_hz`` against the server, for ``seconds``."""
+    desc, obs_size, _ = description(BUNDLE)
+    robot = StandInRobot(desc, np.zeros(obs_size, np.float32))
+    client = EdgeClient(endpoint)
+    runtime = ControllerRuntime(robot, client, hold_window_s=0.02, loop_rate_hz=rate_hz)
+    runtime.rearm()
+    report = runtime.run(max_cycles=int(rate_hz * seconds))
+    client.send_bye()
+    client.close()
+    rtt = report.client["latency_us"].get("round_trip", {})
+    return {
+        "rate_hz": rate_hz,
+        "state": report.state,
+        "reason": report.reason,
+        **report.loop,
+        "round_trip_us": rtt,
+        "held": report.safety["held"],
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--loop-seconds", type=float, default=30.0, help="per loop rate (s)")
+    parser.add_argument("--samples", type=int, default=20_000, help="ping-pong/inference samples")
+    parser.add_argument("--out", type=Path, default=Path("bench_results/edge_latency.json"))
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    _, obs_size, action_size = description(BUNDLE)
+    results: dict[str, Any] = {"bundle": BUNDLE, "obs_size": obs_size, "action_size": action_size}
+    results["ping_pong_us"] = ping_pong(obs_size, action_size, args.samples)
+    results["inference_us"] = inference(args.samples)
+    results["inference_every_10ms_us"] = inference(500, 0.01)
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, endpoint = start_server(Path(tmp))
+        try:
+            cpu0 = proc_cpu_s(proc.pid)
+            loops = [run_loop(endpoint, rate, args.loop_seconds) for rate in RATES_HZ]
+            results["loops"] = loops
+            results["robots_8x100hz"] = fleet(endpoint, 8, 100.0, args.loop_seconds)
+            actions = sum(r["cycles"] for r in loops) + results["robots_8x100hz"]["actions"]
+            results["server_cpu_us_per_action"] = round(
+                (proc_cpu_s(proc.pid) - cpu0) / actions * 1e6, 1
+            )
+            results["server_rss_mb"] = round(proc_rss_mb(proc.pid), 1)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    results["targets"] = targets(results)
+    print_table(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = args.out.with_suffix(".tmp")
+    tmp_out.write_text(json.dumps(results, indent=2) + "\n")
+    tmp_out.replace(args.out)
+    print(f"wrote {args.out}")
+    return 0 if all(t["met"] for t in results["targets"].values()) else 1
+
+
+FLEET_CHILD = """
+import json, sys
+sys.path.insert(0, {here!r})
+from edge_latency import run_loop
+print(json.dumps(run_loop(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]))))
+"""
+
+
+def fleet(endpoint: str, robots: int, rate_hz: float, seconds: float) -> dict[str, Any]:
+    """``robots`` controller processes at ``rate_hz`` against one server."""
+    code = FLEET_CHILD.format(here=str(Path(__file__).parent))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, endpoint, str(rate_hz), str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(robots)
+    ]
+    reports = [json.loads(proc.communicate()[0].strip().splitlines()[-1]) for proc in procs]
+    p99s = [r["round_trip_us"]["p99"] for r in reports]
+    return {
+        "robots": robots,
+        "rate_hz": rate_hz,
+        "actions": sum(r["cycles"] for r in reports),
+        "round_trip_p50_us_median": float(np.median([r["round_trip_us"]["p50"] for r in reports])),
+        "round_trip_p99_us_worst": max(p99s),
+        "miss_rate_worst": max(r["miss_rate"] for r in reports),
+        "faults": sum(r["state"] == "FAULT" for r in reports),
+        "per_robot": reports,
+    }
+
+
+def targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    bare = r["ping_pong_us"]["p99"] + r["inference_us"]["p99"]
+    runtime_p99 = next(loop for loop in r["loops"] if loop["rate_hz"] == 500)["round_trip_us"][
+        "p99"
+    ]
+    miss_500 = next(loop for loop in r["loops"] if loop["rate_hz"] == 500)["miss_rate"]
+    return {
+        "runtime_p99_vs_bare": {
+            "value": round(runtime_p99 / bare, 2),
+            "limit": 1.5,
+            "met": runtime_p99 <= 1.5 * bare,
+        },
+        "miss_rate_500hz": {"value": miss_500, "limit": 0.001, "met": miss_500 <= 0.001},
+        "fleet_8x100hz_p99_us": {
+            "value": r["robots_8x100hz"]["round_trip_p99_us_worst"],
+            "limit": 2000,
+            "met": r["robots_8x100hz"]["round_trip_p99_us_worst"] < 2000,
+        },
+        "server_rss_mb": {
+            "value": r["server_rss_mb"],
+            "limit": 150,
+            "met": r["server_rss_mb"] <= 150,
+        },
+    }
+
+
+def print_table(r: dict[str, Any]) -> None:
+    def row(name: str, s: dict[str, float]) -> None:
+        print(f"{name:<34} {s['p50']:>9.1f} {s['p99']:>9.1f} {s['p99.9']:>9.1f} {s['max']:>9.1f}")
+
+    print(f"\n{'round trip / call (us)':<34} {'p50':>9} {'p99':>9} {'p99.9':>9} {'max':>9}")
+    row("bare pyzmq ping-pong", r["ping_pong_us"])
+    row("bare inference (back to back)", r["inference_us"])
+    row("bare inference (every 10 ms)", r["inference_every_10ms_us"])
+    for loop in r["loops"]:
+        row(f"runtime round trip @ {loop['rate_hz']} Hz", loop["round_trip_us"])
+    head = ("loop", "cycles", "missed", "miss rate", "longest run", "state")
+    print("\n{:<10} {:>8} {:>7} {:>10} {:>12} {:>9}".format(*head))
+    for loop in r["loops"]:
+        print(
+            f"{loop['rate_hz']:>6} Hz {loop['cycles']:>8} {loop['missed']:>7} "
+            f"{loop['miss_rate']:>10.4%} {loop['longest_miss_run']:>12} {loop['state']:>9}"
+        )
+    f = r["robots_8x100hz"]
+    print(
+        f"\n8 robots x 100 Hz: p50 {f['round_trip_p50_us_median']:.0f} us, worst p99 "
+        f"{f['round_trip_p99_us_worst']:.0f} us, worst miss rate {f['miss_rate_worst']:.4%}, "
+        f"faults {f['faults']}"
+    )
+    print(f"server: {r['server_cpu_us_per_action']} us CPU per action, RSS {r['server_rss_mb']} MB")
+    for name, t in r["targets"].items():
+        print(f"target {name}: {t['value']} (limit {t['limit']}) {'met' if t['met'] else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
