@@ -237,33 +237,38 @@ class PolicyServer:
         return session
 
     def _answer(self, inbox: _Inbox) -> int:
-        ready = [s for s in inbox.sessions.values() if s.pending is not None]
-        if not ready:
+        """One inference call for the newest finite observation of every session in ``inbox``."""
+        requests: list[tuple[Session, p.Message]] = []
+        for session in inbox.sessions.values():
+            request, session.pending = session.pending, None
+            if request is not None:
+                requests.append((session, request))
+        if not requests:
             return 0
-        obs = np.stack([p.decode_floats(s.pending.payload, self.spec.obs_size) for s in ready])  # type: ignore[union-attr]
+        obs = np.stack([p.decode_floats(m.payload, self.spec.obs_size) for _, m in requests])
         finite = np.isfinite(obs).all(axis=1)
         self.metrics.count("observations_nonfinite", int((~finite).sum()))
-        ready = [s for s, ok in zip(ready, finite, strict=True) if ok]
-        for s in ready:
-            if s.reset_pending:
-                self.policy.reset(s.session_id)
-                s.reset_pending = False
-        if not ready:
+        requests = [r for r, ok in zip(requests, finite, strict=True) if ok]
+        if not requests:
             return 0
+        for session, _ in requests:
+            if session.reset_pending:
+                self.policy.reset(session.session_id)
+                session.reset_pending = False
         t0 = time.perf_counter()
         try:
-            actions = self.policy.act_batch([s.session_id for s in ready], obs[finite])
+            actions = self.policy.act_batch([s.session_id for s, _ in requests], obs[finite])
         except Exception as exc:  # the policy's failure must not stop the server
-            for s in ready:
-                self._reject(s.identity, p.ErrorCode.INTERNAL, f"inference failed: {exc}")
+            for session, request in requests:
+                text = f"inference failed: {exc}"
+                self._reject(session.identity, p.ErrorCode.INTERNAL, text, request)
             return 0
         self.metrics.observe("inference", time.perf_counter() - t0)
         self.metrics.count("batches")
-        self.metrics.count("actions_sent", len(ready))
-        for s, action in zip(ready, actions, strict=True):
-            request, s.pending = s.pending, None
-            self._send(s, p.MsgType.ACTION, p.encode_floats(action), request)
-        return len(ready)
+        self.metrics.count("actions_sent", len(requests))
+        for (session, request), action in zip(requests, actions, strict=True):
+            self._send(session, p.MsgType.ACTION, p.encode_floats(action), request)
+        return len(requests)
 
     def _send(
         self, session: Session, kind: p.MsgType, payload: bytes, request: p.Message | None

@@ -183,3 +183,25 @@ def test_bye_closes_the_session_and_a_new_hello_replaces_the_old_one():
         time.sleep(0.1)
         assert server.sessions == {}
         client.close()
+
+
+def test_non_finite_observations_get_no_action_and_a_failing_policy_an_internal_error():
+    policy = LinearPolicy()
+    with running_server(policy) as server:
+        client = connected(server)
+        client.send_observation(np.full(6, np.nan, np.float32))
+        assert client.receive_action(0.3) is None
+        assert server.metrics.counters["observations_nonfinite"] == 1
+
+        def broken(sessions, obs):
+            raise RuntimeError("weights corrupted")
+
+        policy.act_batch = broken
+        client.send_observation(np.ones(6, np.float32))
+        assert client.receive_action(0.3) is None
+        assert client.metrics.counters[f"server_error_{int(p.ErrorCode.INTERNAL)}"] == 1
+        assert server.metrics.counters["rejected_internal"] == 1
+        del policy.act_batch  # healthy again: the server kept serving
+        client.send_observation(np.ones(6, np.float32))
+        assert client.receive_action(1.0) is not None
+        client.close()
