@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 # top-level module -> the extra of pyproject.toml that installs it
 EXTRA_OF_MODULE = {
@@ -229,6 +230,8 @@ def _configure_edge(p: argparse.ArgumentParser) -> None:
     sim.add_argument("--keys", type=Path, help="CURVE key folder holding this client's keys")
     sim.add_argument("--client-name", default="controller", help="client key name in --keys")
     sim.add_argument("--json", action="store_true", help="print the full report as JSON")
+    sim.add_argument("--report-every", type=float, default=5.0, help="seconds between reports")
+    sim.add_argument("--metrics-jsonl", type=Path, help="append the periodic reports here")
     sim.set_defaults(edge_run=_run_edge_sim)
     keygen = sub.add_parser("keygen", help="create CURVE keys for a server and its controllers")
     keygen.add_argument("dir", type=Path, help="key folder")
@@ -278,21 +281,32 @@ def _run_edge_sim(args: argparse.Namespace) -> int:
         secure_client(socket, args.keys, args.client_name)
         socket.connect(args.connect)
         client = EdgeClient(args.connect, socket)
+
+    def on_report(report: dict[str, object]) -> None:
+        print(_sim_summary(report), flush=True)
+        if args.metrics_jsonl is not None:
+            with open(args.metrics_jsonl, "a", encoding="utf-8") as f:
+                f.write(json.dumps(report, default=str) + "\n")
+
     report = run_sim(
         args.task, args.connect, args.episodes, args.robot, args.seed,
-        args.hold_window_ms / 1e3, client,
+        args.hold_window_ms / 1e3, client, args.report_every, on_report,
     )  # fmt: skip
-    if args.json:
-        print(json.dumps(report, default=str))
-    else:
-        rtt = report["client"]["latency_us"].get("round_trip", {})
-        info = report["controller"]
-        print(
-            f"{info['episodes']} episodes, success rate {info['success_rate']}, state "
-            f"{report['state']} {report['reason']}; round trip p50 {rtt.get('p50')} us "
-            f"p99 {rtt.get('p99')} us; deadline misses {report['loop']['missed']}"
-        )
+    if args.metrics_jsonl is not None:
+        on_report(report)
+    print(json.dumps(report, default=str) if args.json else _sim_summary(report))
     return 0 if report["state"] != "FAULT" else 1
+
+
+def _sim_summary(report: dict[str, Any]) -> str:
+    rtt = report["client"]["latency_us"].get("round_trip", {})
+    info, loop = report["controller"], report["loop"]
+    return (
+        f"{info['episodes']} episodes, success rate {info['success_rate']}, state "
+        f"{report['state']} {report['reason']}; round trip p50 {rtt.get('p50')} us "
+        f"p99 {rtt.get('p99')} us; deadline misses {loop['missed']} of {loop['cycles']}; "
+        f"held {report['safety']['held']}"
+    )
 
 
 def _run_edge_keygen(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,14 +166,29 @@ class ControllerRuntime:
         self.loop = FixedRateLoop(self.rate_hz)
         return welcome
 
-    def run(self, max_cycles: int | None = None) -> RuntimeReport:
-        """Run until the controller is finished, FAULT latches, or ``max_cycles`` cycles."""
+    def run(
+        self,
+        max_cycles: int | None = None,
+        report_every_s: float | None = None,
+        on_report: Callable[[RuntimeReport], None] | None = None,
+    ) -> RuntimeReport:
+        """Run until the controller is finished, FAULT latches, or ``max_cycles`` cycles.
+
+        Args:
+            max_cycles: Cycles at most (None: no limit).
+            report_every_s: Call ``on_report`` with the figures so far this often (s).
+            on_report: Receives periodic reports (e.g. to print or write JSON lines).
+        """
         cycles = 0
+        next_report = time.monotonic() + (report_every_s or float("inf"))
         while max_cycles is None or cycles < max_cycles:
             cycles += 1
             decision = self.cycle()
             if decision.state is State.FAULT or self.controller.status().finished:
                 break
+            if on_report is not None and time.monotonic() >= next_report:
+                next_report += report_every_s or float("inf")
+                on_report(self.report(cycles))
         return self.report(cycles)
 
     def cycle(self) -> Decision:

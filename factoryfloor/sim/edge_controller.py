@@ -10,6 +10,7 @@ episodes (``factoryfloor edge run-sim``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -131,8 +132,21 @@ def run_sim(
     seed: int = 0,
     hold_window_s: float = 0.020,
     client: EdgeClient | None = None,
+    report_every_s: float | None = None,
+    on_report: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``episodes`` episodes of ``task_id`` in real time against the server at ``connect``.
+
+    Args:
+        task_id: Gymnasium id of a factoryfloor task.
+        connect: Server endpoint.
+        episodes: Episodes to run.
+        robot: Robot name.
+        seed: Seed of the first episode.
+        hold_window_s: Hold window of the safety layer (s).
+        client: A configured client (e.g. with CURVE keys); None connects a plain one.
+        report_every_s: Call ``on_report`` with the runtime report (a dict) this often (s).
+        on_report: Receives the periodic reports.
 
     Returns:
         The runtime report as a dict, with the episodes' results.
@@ -142,7 +156,8 @@ def run_sim(
     try:
         runtime = ControllerRuntime(controller, client, hold_window_s, name=f"sim-{robot}")
         welcome = runtime.rearm()
-        report = asdict(runtime.run())
+        forward = (lambda r: on_report(asdict(r))) if on_report is not None else None
+        report = asdict(runtime.run(None, report_every_s, forward))
         client.send_bye()
     finally:
         client.close()

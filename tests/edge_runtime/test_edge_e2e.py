@@ -3,6 +3,7 @@ injected into the server process are met as the fault model requires."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -132,3 +133,36 @@ def test_server_stopped_then_continued_fault_stays_latched_until_rearm(tmp_path)
         runtime.client.close()
         controller.close()
         proc.kill()
+
+
+def test_cli_serve_expert_and_run_sim_with_reports(tmp_path, capsys):
+    from factoryfloor.cli import main
+
+    ready = tmp_path / "ready"
+    cmd = [
+        sys.executable, "-m", "factoryfloor.cli", "edge", "serve", "--policy", "expert",
+        "--task", "factoryfloor/Reach-v0", "--bind", "tcp://127.0.0.1:0",
+        "--ready-file", str(ready), "--metrics-jsonl", str(tmp_path / "server.jsonl"),
+    ]  # fmt: skip
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        jsonl = tmp_path / "sim.jsonl"
+        code = main([
+            "edge", "run-sim", "--task", "factoryfloor/Reach-v0", "--connect",
+            ready.read_text().strip(), "--episodes", "3", "--report-every", "0.2",
+            "--metrics-jsonl", str(jsonl),
+        ])  # fmt: skip
+        assert code == 0
+        out = capsys.readouterr().out
+        assert "3 episodes, success rate 1.0, state RUNNING" in out
+        reports = [json.loads(line) for line in jsonl.read_text().splitlines()]
+        assert len(reports) >= 2 and reports[-1]["controller"]["episodes"] == 3
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(10) == 0  # a clean stop on SIGTERM
+    snapshot = json.loads((tmp_path / "server.jsonl").read_text().splitlines()[-1])
+    assert snapshot["counters"]["actions_sent"] == reports[-1]["safety"]["fresh"]
