@@ -68,17 +68,31 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _configure_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="factoryfloor/ConveyorPick-v0", help="environment id")
+    p.add_argument("--task", default="factoryfloor/PickPlace-v0", help="environment id")
     p.add_argument("--robot", default="panda", help="robot name (default: panda)")
-    p.add_argument("--episodes", type=int, default=20, help="episodes to evaluate (default: 20)")
-    p.add_argument("--video-episodes", type=int, default=2, help="episodes in the MP4 (default: 2)")
+    p.add_argument("--policy", help="a .ffpolicy bundle or expert (default: the pretrained one)")
+    p.add_argument("--episodes", type=int, default=10, help="episodes (default: 10)")
+    p.add_argument("--seed", type=int, default=5_000_000, help="seed of the first episode")
+    p.add_argument("--video-episodes", type=int, default=3, help="episodes in the MP4")
+    p.add_argument("--gui", action="store_true", help="open pybullet's window (needs a display)")
+    p.add_argument("--view", action="store_true", help="serve a live view on localhost")
+    p.add_argument("--view-port", type=int, default=8765, help="live view port (0: any)")
+    p.add_argument("--view-linger", type=float, default=0.0, help="keep the view up N s more")
+    p.add_argument("--min-success", type=float, default=0.9, help="fail below this rate")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from factoryfloor.policies.demo import run_demo
+    from factoryfloor.policies.demo import DemoOptions, run_demo
 
-    return run_demo(args.task, args.robot, args.episodes, args.video_episodes, args.out)
+    return run_demo(
+        DemoOptions(
+            task=args.task, robot=args.robot, policy=args.policy, episodes=args.episodes,
+            seed=args.seed, video_episodes=args.video_episodes, gui=args.gui, view=args.view,
+            view_port=args.view_port, view_linger_s=args.view_linger, out=args.out,
+            min_success=args.min_success,
+        )
+    )  # fmt: skip
 
 
 def _configure_train(p: argparse.ArgumentParser) -> None:
@@ -336,7 +350,7 @@ COMMANDS: dict[str, tuple[str, Configure, Run]] = {
         _run_demos,
     ),
     "demo": (
-        "run the scripted expert headless and write a video of the cell",
+        "the whole stack: pretrained bundle served over the edge runtime to a real-time sim",
         _configure_demo,
         _run_demo,
     ),

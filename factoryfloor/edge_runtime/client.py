@@ -57,6 +57,7 @@ class EdgeClient:
         self.max_age_ns = 0
         self._seq = 0
         self._last_ack = 0
+        self.last_round_trip_s: float | None = None  # of the last action accepted
 
     def handshake(self, hello: dict[str, Any], timeout_s: float = 2.0) -> dict[str, Any]:
         """Send HELLO, return WELCOME's JSON; a new session replaces any previous one.
@@ -156,6 +157,7 @@ class EdgeClient:
             self.metrics.count("actions_wrong_size")
             return None
         self._last_ack = msg.ack_seq
+        self.last_round_trip_s = age_ns / 1e9
         self.metrics.count("actions_accepted")
         return action
 

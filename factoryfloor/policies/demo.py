@@ -1,42 +1,323 @@
-"""The headless demo: the scripted expert on a task, its success rate and a video of the cell."""
+"""``factoryfloor demo``: the whole stack in one command (``make demo``).
+
+It starts the edge policy server with the shipped pretrained bundle in its own process, runs the
+simulated controller against it over loopback TCP in real time, shows progress in the terminal,
+and ends with a summary table. It writes into ``--out``:
+
+    demo.mp4                    the cell camera (re-simulated from the commands applied) with an
+                                overlay: episode, outcome, the policy's round trip per step
+    metrics.json                success, latency percentiles, deadline misses, faults, server
+    latency_histogram.png       round trips of every action
+    success_per_episode.png     one bar per episode
+    server_metrics.jsonl        the policy server's own metrics snapshots
+
+It exits 1 when the success rate is below ``min_success``, a fault latched, or the server died.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
-from factoryfloor.policies.evaluate import evaluate
+import numpy as np
+
+from factoryfloor.edge_runtime.client import EdgeClient
+from factoryfloor.edge_runtime.controller import ControllerRuntime, RuntimeReport
+from factoryfloor.edge_runtime.safety import Decision, State
+from factoryfloor.policies import demo_media
+from factoryfloor.policies.demo_console import Console
+from factoryfloor.sim.edge_controller import SimController
+
+PRETRAINED = {
+    ("factoryfloor/PickPlace-v0", "panda"): "pick_place_panda.ffpolicy",
+    ("factoryfloor/Reach-v0", "panda"): "reach_panda.ffpolicy",
+}
 
 
-def run_demo(env_id: str, robot: str, episodes: int, video_episodes: int, out: Path) -> int:
-    """Evaluate the expert, write ``demo.mp4`` and ``metrics.json`` into ``out``.
+@dataclass(kw_only=True)
+class DemoOptions:
+    """What ``factoryfloor demo`` runs.
 
-    Returns:
-        0 when the success rate is at least 90%, else 1 (the demo failed).
+    Attributes:
+        task: Gymnasium id of the task.
+        robot: Robot name.
+        policy: A ``.ffpolicy`` path, ``"expert"``, or None for the shipped pretrained bundle.
+        episodes: Episodes to run.
+        seed: Seed of the first episode (the default is far from any seed used in training).
+        video_episodes: Episodes in the MP4.
+        gui: Open pybullet's window (needs a display).
+        view: Serve the live view on localhost.
+        view_port: Port of the live view (0: any free port).
+        view_linger_s: Keep the live view up this long after the run (s).
+        out: Output folder.
+        min_success: Success rate below which the demo fails.
     """
+
+    task: str = "factoryfloor/PickPlace-v0"
+    robot: str = "panda"
+    policy: str | None = None
+    episodes: int = 10
+    seed: int = 5_000_000
+    video_episodes: int = 3
+    gui: bool = False
+    view: bool = False
+    view_port: int = 0
+    view_linger_s: float = 0.0
+    out: Path = field(default_factory=lambda: Path("out/demo"))
+    min_success: float = 0.9
+
+
+def resolve_policy(options: DemoOptions) -> str:
+    """The bundle path (or ``"expert"``) the server will serve."""
+    if options.policy is not None:
+        return options.policy
+    name = PRETRAINED.get((options.task, options.robot))
+    if name is None:
+        shipped = ", ".join(f"{t} ({r})" for t, r in PRETRAINED)
+        raise ValueError(
+            f"no pretrained bundle for {options.task} with {options.robot} (shipped: {shipped}); "
+            "pass --policy BUNDLE.ffpolicy or --policy expert"
+        )
+    return str(files("factoryfloor.policies") / "pretrained" / name)
+
+
+class DemoRuntime(ControllerRuntime):
+    """The controller runtime, also recording each step's round trip for the video overlay.
+
+    Attributes:
+        step_latency_ms: Per episode and step, the round trip of the action applied (ms), or
+            None for a step that held or braked.
+    """
+
+    def __init__(self, controller: SimController, client: EdgeClient, **kwargs: Any) -> None:
+        super().__init__(controller, client, **kwargs)
+        self.sim = controller
+        self.step_latency_ms: list[list[float | None]] = [[]]
+
+    def cycle(self) -> Decision:
+        """One cycle; remembers the round trip of the action it applied (None if held)."""
+        episodes_before = len(self.sim.results)
+        decision = super().cycle()
+        rtt = self.client.last_round_trip_s
+        fresh = decision.state is State.RUNNING and rtt is not None
+        self.step_latency_ms[-1].append(rtt * 1e3 if fresh and rtt is not None else None)
+        if len(self.sim.results) > episodes_before:
+            self.step_latency_ms.append([])
+        return decision
+
+
+def start_server(policy: str, options: DemoOptions, folder: Path) -> tuple[Any, str]:
+    """``factoryfloor edge serve`` in its own process; returns it and its endpoint."""
+    ready = folder / "server.ready"
+    cmd = [
+        sys.executable, "-m", "factoryfloor.cli", "edge", "serve", "--policy", policy,
+        "--task", options.task, "--robot", options.robot, "--bind", "tcp://127.0.0.1:0",
+        "--ready-file", str(ready), "--report-every", "5",
+        "--metrics-jsonl", str(options.out / "server_metrics.jsonl"),
+    ]  # fmt: skip
+    log = open(folder / "server.log", "wb")  # noqa: SIM115  (closed with the process)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the policy server did not start:\n{_tail(folder / 'server.log')}")
+        time.sleep(0.05)
+    return proc, ready.read_text().strip()
+
+
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-2000:] if path.is_file() else ""
+
+
+def _render_mode(options: DemoOptions, console: Console) -> str | None:
+    if not options.gui:
+        return None
+    if not os.environ.get("DISPLAY"):
+        console.note(
+            "--gui: no display here (DISPLAY is not set), so no pybullet window; running "
+            "headless. Use --view for a live view in a browser instead."
+        )
+        return None
+    return "human"
+
+
+def run_demo(options: DemoOptions) -> int:
+    """Run the demo (see the module docstring); returns the exit status."""
+    out = options.out
     out.mkdir(parents=True, exist_ok=True)
-    video = out / "demo.mp4"
-    result = evaluate(
-        env_id, "expert", episodes, 0, robot, video=video, video_episodes=video_episodes
-    )
-    metrics = result.as_dict()
+    console = Console()
+    policy = resolve_policy(options)
+    controller = SimController(
+        options.task, options.robot, options.episodes, options.seed,
+        render_mode=_render_mode(options, console),
+    )  # fmt: skip
+    view = _start_view(options, controller, console)
+    with tempfile.TemporaryDirectory(prefix="ff-demo-") as tmp:
+        server, endpoint = start_server(policy, options, Path(tmp))
+        client = EdgeClient(endpoint)
+        try:
+            runtime = DemoRuntime(controller, client, name="demo")
+            welcome = runtime.rearm()
+            console.start(options, welcome, endpoint, view.url if view else None)
+            report = runtime.run(None, 0.25, lambda r: _progress(r, console, view))
+            _progress(report, console, view)
+            client.send_bye()
+        finally:
+            client.close()
+            server_ok = _stop(server)
+            if view is not None:
+                _linger(view, options.view_linger_s, console)
+    metrics = _metrics(options, policy, report, runtime, client, server_ok)
+    _write_outputs(options, controller, runtime, client, metrics, console)
+    controller.close()
+    console.summary(metrics)
+    return 0 if metrics["passed"] else 1
+
+
+def _start_view(options: DemoOptions, controller: SimController, console: Console) -> Any:
+    if not options.view:
+        return None
+    from factoryfloor.policies.live_view import LiveView
+
+    view = LiveView(options.task, options.robot, options.view_port)
+    controller.on_reset, controller.on_step = view.episode, view.step
+    console.note(f"live view: {view.url}")
+    return view
+
+
+def _progress(report: RuntimeReport, console: Console, view: Any) -> None:
+    console.progress(report)
+    if view is not None:
+        view.metrics(_live_metrics(report))
+
+
+def _live_metrics(report: RuntimeReport) -> dict[str, Any]:
+    rtt = report.client["latency_us"].get("round_trip", {})
+    info = report.controller
+    return {
+        "episodes": info.get("episodes"),
+        "successes": info.get("successes"),
+        "state": report.state,
+        "cycles": report.loop["cycles"],
+        "round_trip_p50_ms": round(rtt.get("p50", 0) / 1e3, 3),
+        "round_trip_p99_ms": round(rtt.get("p99", 0) / 1e3, 3),
+        "deadline_misses": report.loop["missed"],
+    }
+
+
+def _linger(view: Any, seconds: float, console: Console) -> None:
+    if seconds > 0:
+        console.note(f"live view stays up {seconds:.0f} s more: {view.url}")
+        time.sleep(seconds)
+    view.close()
+
+
+def _stop(server: Any) -> bool:
+    """SIGTERM the server; True when it was still alive and stopped cleanly."""
+    alive = server.poll() is None
+    server.send_signal(signal.SIGTERM)
+    try:
+        code = server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        return False
+    return alive and code == 0
+
+
+def _metrics(
+    options: DemoOptions,
+    policy: str,
+    report: RuntimeReport,
+    runtime: DemoRuntime,
+    client: EdgeClient,
+    server_ok: bool,
+) -> dict[str, Any]:
+    info = report.controller
+    rate = info.get("success_rate") or 0.0
+    rtt_ms = [s * 1e3 for s in client.metrics.latencies["round_trip"].samples] if (
+        "round_trip" in client.metrics.latencies
+    ) else []  # fmt: skip
+    server_metrics = _last_json_line(options.out / "server_metrics.jsonl")
+    faults = int(report.state == State.FAULT.value)
+    passed = rate >= options.min_success and not faults and server_ok
+    return {
+        "task": options.task,
+        "robot": options.robot,
+        "policy": policy,
+        "episodes": info.get("episodes"),
+        "successes": info.get("successes"),
+        "success_rate": rate,
+        "min_success": options.min_success,
+        "passed": passed,
+        "state": report.state,
+        "faults": faults,
+        "reason": report.reason,
+        "round_trip_ms": _percentiles(rtt_ms),
+        "loop": report.loop,
+        "safety": report.safety,
+        "client_counters": report.client["counters"],
+        "server_ok": server_ok,
+        "server": server_metrics,
+        "seed": options.seed,
+        "round_trip_samples_ms": [round(v, 4) for v in rtt_ms],
+    }
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    data = np.asarray(values)
+    return {f"p{q:g}": round(float(np.percentile(data, q)), 4) for q in (50, 99, 99.9)} | {
+        "max": round(float(data.max()), 4)
+    }
+
+
+def _last_json_line(path: Path) -> dict[str, Any]:
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _write_outputs(
+    options: DemoOptions,
+    controller: SimController,
+    runtime: DemoRuntime,
+    client: EdgeClient,
+    metrics: dict[str, Any],
+    console: Console,
+) -> None:
+    out = options.out
+    shown = controller.results[: options.video_episodes]
+    latencies = runtime.step_latency_ms
+    with console.status("rendering the video"):
+        frames = demo_media.write_replay_video(
+            options.task, options.robot, shown, out / "demo.mp4",
+            controller.description.control_rate_hz, latencies,
+        )  # fmt: skip
+    metrics["video"] = {"path": str(out / "demo.mp4"), "frames": frames, "episodes": len(shown)}
+    samples = metrics["round_trip_samples_ms"]
+    demo_media.latency_histogram_png(samples, out / "latency_histogram.png")
+    successes = [r["success"] for r in controller.results]
+    demo_media.success_png(successes, out / "success_per_episode.png")
     _write_json(out / "metrics.json", metrics)
-    print(
-        f"{env_id} with {robot}: scripted expert succeeded in "
-        f"{sum(result.successes)}/{result.episodes} episodes "
-        f"({100 * result.success_rate:.0f}%), mean length {result.mean_episode_length:.0f} steps, "
-        f"{result.env_steps_per_s:.0f} env steps/s"
-    )
-    print(f"video: {video}  metrics: {out / 'metrics.json'}")
-    return 0 if result.success_rate >= 0.9 else 1
 
 
 def _write_json(path: Path, data: object) -> None:
     """Write JSON atomically (temporary file + rename)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
     with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
+        json.dump(data, fh, indent=2, default=str)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+
+
+__all__ = ["PRETRAINED", "DemoOptions", "resolve_policy", "run_demo"]

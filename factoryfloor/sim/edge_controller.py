@@ -58,13 +58,30 @@ class SimController(RobotController):
         robot: Robot name.
         episodes: Episodes to run before ``status().finished``.
         seed: Seed of the first episode (then ``seed + 1``, ...).
+        render_mode: ``gymnasium.make``'s render mode (``"human"``: pybullet's window).
+
+    Attributes:
+        results: Per finished episode: ``{"success", "steps", "seed", "commands"}``, where
+            ``commands`` ``(steps, A)`` are the commands applied, so that ``replay`` can
+            re-simulate the episode exactly (the simulation is deterministic).
     """
 
-    def __init__(self, task_id: str, robot: str = "panda", episodes: int = 10, seed: int = 0):
-        self.env = gym.make(task_id, robot=robot)
+    def __init__(
+        self,
+        task_id: str,
+        robot: str = "panda",
+        episodes: int = 10,
+        seed: int = 0,
+        render_mode: str | None = None,
+    ) -> None:
+        self.env = gym.make(task_id, robot=robot, render_mode=render_mode)
         self.description = describe_env(self.env, task_id, robot)
         self.episodes, self.seed = episodes, seed
         self.results: list[dict[str, Any]] = []
+        self._commands: list[np.ndarray] = []
+        # optional observers (e.g. the demo's live view): an episode's seed, each command applied
+        self.on_reset: Callable[[int], None] | None = None
+        self.on_step: Callable[[np.ndarray], None] | None = None
         self._obs: dict[str, np.ndarray] | None = None
         self._steps = 0
         self._last_grip = 1.0
@@ -73,8 +90,11 @@ class SimController(RobotController):
         """Flat observation (keys in sorted order); resets the env at an episode's start."""
         start = self._obs is None
         if start:
-            self._obs, _ = self.env.reset(seed=self.seed + len(self.results))
-            self._steps = 0
+            seed = self.seed + len(self.results)
+            self._obs, _ = self.env.reset(seed=seed)
+            self._steps, self._commands = 0, []
+            if self.on_reset is not None:
+                self.on_reset(seed)
         assert self._obs is not None
         flat = np.concatenate([np.ravel(self._obs[k]) for k in sorted(self._obs)])
         return flat.astype(np.float32), start
@@ -91,7 +111,10 @@ class SimController(RobotController):
         """One env step commanding no TCP motion and the last gripper command."""
         command = np.zeros(self.env.action_space.shape, dtype=np.float32)
         command[-1] = self._last_grip
+        self._commands.append(command)
         self._obs, *_ = self.env.step(command)  # braking ignores the episode's end
+        if self.on_step is not None:
+            self.on_step(command)
 
     def status(self) -> ControllerStatus:
         """Standstill from the TCP speed; finished after ``episodes`` episodes."""
@@ -112,11 +135,20 @@ class SimController(RobotController):
 
     def _step(self, action: np.ndarray) -> None:
         self._last_grip = float(action[-1])
+        self._commands.append(np.array(action, dtype=np.float32))
         self._obs, _, terminated, truncated, info = self.env.step(action)
         self._steps += 1
+        if self.on_step is not None:
+            self.on_step(self._commands[-1])
         if terminated or truncated:
-            success = bool(info.get("is_success", False))
-            self.results.append({"success": success, "steps": self._steps})
+            self.results.append(
+                {
+                    "success": bool(info.get("is_success", False)),
+                    "steps": self._steps,
+                    "seed": self.seed + len(self.results),
+                    "commands": np.stack(self._commands),
+                }
+            )
             self._obs = None
 
     def close(self) -> None:
@@ -162,4 +194,5 @@ def run_sim(
     finally:
         client.close()
         controller.close()
-    return {"welcome": welcome, **report, "episodes": controller.results}
+    episodes = [{k: v for k, v in r.items() if k != "commands"} for r in controller.results]
+    return {"welcome": welcome, **report, "episodes": episodes}
