@@ -46,18 +46,3 @@ def test_bad_input_gives_one_clear_line_and_exit_2(capsys):
     assert "ur99" in err and "panda" in err and "xarm6" in err
     assert main(["eval", "factoryfloor/Reach-v0", "--policy", "magic"]) == 2
     assert "expert" in capsys.readouterr().err
-
-
-def test_demo_writes_a_playable_video_and_metrics(tmp_path, capsys):
-    status = main(["demo", "--task", "factoryfloor/PickPlace-v0", "--episodes", "2",
-                   "--video-episodes", "1", "--out", str(tmp_path)])  # fmt: skip
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["episodes"] == 2
-    assert status == (0 if metrics["success_rate"] >= 0.9 else 1)
-    video = cv2.VideoCapture(str(tmp_path / "demo.mp4"))
-    n = int(video.get(cv2.CAP_PROP_FRAME_COUNT))
-    ok, frame = video.read()
-    assert ok and frame.shape == (360, 480, 3)
-    assert n == metrics["episode_lengths"][0] + 1  # the first episode: reset frame + each step
-    assert "succeeded in" in capsys.readouterr().out
-    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("tmp*"))
