@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= sim,train,edge,dev,bench
 PYTEST_ARGS ?= -m "not slow and not gui and not hardware" -n 2
 
-.PHONY: demo test test-all lint format bench bench-train bench-edge c-controller clean
+.PHONY: demo test test-all lint format bench bench-train bench-edge c-controller browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,18 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/factoryfloor demo --out out/demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	FACTORYFLOOR_REQUIRE_BROWSER=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+# Debian's chromium for the live view's browser test, installed when missing
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the browser test"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		$(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 test-all: $(STAMP)
 	$(PY) -m pytest -n 2

@@ -71,7 +71,7 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="factoryfloor/PickPlace-v0", help="environment id")
     p.add_argument("--robot", default="panda", help="robot name (default: panda)")
     p.add_argument("--policy", help="a .ffpolicy bundle or expert (default: the pretrained one)")
-    p.add_argument("--episodes", type=int, default=10, help="episodes (default: 10)")
+    p.add_argument("--episodes", type=int, default=20, help="episodes (default: 20)")
     p.add_argument("--seed", type=int, default=5_000_000, help="seed of the first episode")
     p.add_argument("--video-episodes", type=int, default=3, help="episodes in the MP4")
     p.add_argument("--gui", action="store_true", help="open pybullet's window (needs a display)")

@@ -65,7 +65,7 @@ class DemoOptions:
     task: str = "factoryfloor/PickPlace-v0"
     robot: str = "panda"
     policy: str | None = None
-    episodes: int = 10
+    episodes: int = 20
     seed: int = 5_000_000
     video_episodes: int = 3
     gui: bool = False

@@ -1,0 +1,86 @@
+"""The demo's live view in headless Chromium: a moving picture and numbers that change."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    if os.environ.get("FACTORYFLOOR_REQUIRE_BROWSER") == "1":
+        raise RuntimeError("the browser test needs Debian's chromium: `make test` installs it")
+    pytest.skip("no chromium (make test installs it)", allow_module_level=True)
+
+FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(url: str, check, timeout_s: float = 60.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            body = urllib.request.urlopen(url, timeout=2).read()
+            if check(body):
+                return body
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} never satisfied the check")
+
+
+def screenshot(url: str, path) -> np.ndarray:
+    cmd = [CHROMIUM, *FLAGS, "--window-size=700,700", "--timeout=2500", f"--screenshot={path}", url]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
+    image = cv2.imread(str(path))
+    assert image is not None, done.stderr[-2000:]
+    return image
+
+
+def page_numbers(url: str) -> dict[str, float]:
+    cmd = [CHROMIUM, *FLAGS, "--timeout=2000", "--dump-dom", url]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
+    return {k: float(v) for k, v in re.findall(r'id="m-(\w+)">([-\d.]+)<', dom)}
+
+
+def test_live_view_streams_a_moving_picture_and_changing_numbers(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    cmd = [sys.executable, "-m", "factoryfloor.cli", "demo", "--episodes", "8", "--view",
+           "--view-port", str(port), "--video-episodes", "1", "--min-success", "0",
+           "--out", str(tmp_path / "out")]  # fmt: skip
+    log = tmp_path / "demo.log"
+    with open(log, "wb") as sink:
+        demo = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        wait_for(url + "metrics.json", lambda b: json.loads(b).get("frames", 0) > 3)
+        first, numbers_1 = screenshot(url, tmp_path / "1.png"), page_numbers(url)
+        time.sleep(1.5)
+        second, numbers_2 = screenshot(url, tmp_path / "2.png"), page_numbers(url)
+    finally:
+        demo.wait(120)
+    assert demo.returncode == 0, log.read_text(errors="replace")
+    # the camera picture (below the title, above the table) moved between the two shots
+    camera = (slice(80, 540), slice(20, 650))
+    moved = np.abs(first[camera].astype(int) - second[camera].astype(int)).mean()
+    assert moved > 1.0, moved
+    assert first[camera].std() > 20  # a picture, not a blank box
+    # the numbers on the page are live
+    assert numbers_2["cycles"] > numbers_1["cycles"] > 0
+    assert numbers_2["frames"] > numbers_1["frames"]
+    assert numbers_1["round_trip_p50_ms"] > 0
