@@ -211,6 +211,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--loop-seconds", type=float, default=30.0, help="per loop rate (s)")
     parser.add_argument("--samples", type=int, default=20_000, help="back-to-back samples")
     parser.add_argument("--bare-seconds", type=float, default=5.0, help="paced bare runs (s)")
+    parser.add_argument("--fault-runs", type=int, default=6, help="server kills/stops injected")
     parser.add_argument("--out", type=Path, default=Path("bench_results/edge_latency.json"))
     return parser.parse_args(argv)
 
@@ -225,6 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["ping_pong_us"] = ping_pong(obs_size, action_size, runs)
     results["inference_us"] = inference(runs)
     with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.fault_runs):
+            (Path(tmp) / f"fault{i}").mkdir()
+        results["faults"] = fault_injection(Path(tmp), args.fault_runs)
         proc, endpoint = start_server(Path(tmp))
         try:
             cpu0 = proc_cpu_s(proc.pid)
@@ -247,6 +251,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp_out.replace(args.out)
     print(f"wrote {args.out}")
     return 0 if all(t["met"] for t in results["targets"].values()) else 1
+
+
+def fault_injection(folder: Path, kills: int) -> dict[str, Any]:
+    """SIGKILL / SIGSTOP of the server mid-episode: detection time and time to standstill (ms)."""
+    import signal
+
+    from factoryfloor.sim.edge_controller import SimController
+
+    rows = []
+    for i in range(kills):
+        how = ("SIGKILL", "SIGSTOP")[i % 2]
+        proc, endpoint = start_server(folder / f"fault{i}")
+        controller = SimController("factoryfloor/PickPlace-v0", episodes=100, seed=5_000_000 + i)
+        client = EdgeClient(endpoint)
+        runtime = ControllerRuntime(controller, client, hold_window_s=0.02)
+        runtime.rearm()
+        for _ in range(15):  # mid-episode, the arm moving
+            runtime.cycle()
+        proc.send_signal(getattr(signal, how))
+        cycles = 0
+        while runtime.safety.state.value != "FAULT" and cycles < 500:
+            runtime.cycle()
+            cycles += 1
+        report = runtime.report(cycles)
+        detected_s, still_s = report.fault_detected_after_s or 0, report.standstill_after_s or 0
+        rows.append(
+            {
+                "signal": how,
+                "state": report.state,
+                "reason": report.reason,
+                "detected_ms": round(detected_s * 1e3, 1),
+                "standstill_ms": round(still_s * 1e3, 1),
+            }
+        )
+        if how == "SIGSTOP":
+            proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait(10)
+        client.close()
+        controller.close()
+    detected = [r["detected_ms"] for r in rows]
+    standstill = [r["standstill_ms"] for r in rows]
+    return {
+        "injected": len(rows), "faulted": sum(r["state"] == "FAULT" for r in rows),
+        "detected_ms": {"median": float(np.median(detected)), "max": max(detected)},
+        "standstill_ms": {"median": float(np.median(standstill)), "max": max(standstill)},
+        "runs": rows,
+    }  # fmt: skip
 
 
 FLEET_CHILD = """
@@ -329,6 +381,13 @@ def print_table(r: dict[str, Any]) -> None:
         f"faults {f['faults']}"
     )
     print(f"server: {r['server_cpu_us_per_action']} us CPU per action, RSS {r['server_rss_mb']} MB")
+    faults = r["faults"]
+    print(
+        f"faults: {faults['faulted']}/{faults['injected']} SIGKILL/SIGSTOP latched FAULT; "
+        f"detected after {faults['detected_ms']['median']} ms (max {faults['detected_ms']['max']}) "
+        f"since the last action, standstill {faults['standstill_ms']['median']} ms later "
+        f"(max {faults['standstill_ms']['max']})"
+    )
     for name, t in r["targets"].items():
         print(f"target {name}: {t['value']} (limit {t['limit']}) {'met' if t['met'] else 'MISSED'}")
 

@@ -223,6 +223,7 @@ class _NumpyBackend:
             raise BundleError(f"{NPZ} is malformed: {exc}") from exc
         self.activation = ACTIVATIONS[actor["activation"]]
         self.squash = actor.get("squash") == "tanh"
+        self.clip_output = actor.get("output") == "clip"  # PPO: the mean clipped to the bounds
         self.low = np.asarray(manifest["action"]["low"], dtype=np.float32).reshape(-1)
         self.high = np.asarray(manifest["action"]["high"], dtype=np.float32).reshape(-1)
 
@@ -235,6 +236,9 @@ class _NumpyBackend:
             x = x @ w + b
             if i < len(self.layers) - 1:
                 x = self.activation(x)
+        if self.clip_output:
+            clipped: np.ndarray = np.clip(x, self.low, self.high).astype(np.float32)
+            return clipped
         if self.squash:
             x = np.tanh(x)
         action: np.ndarray = self.low + np.float32(0.5) * (x + np.float32(1.0)) * (

@@ -106,9 +106,12 @@ class EdgeClient:
             self.session_id = 0
 
     def receive_action(self, timeout_s: float = 0.0) -> np.ndarray | None:
-        """The newest valid ACTION that arrives within ``timeout_s`` (s), or None.
+        """The newest valid ACTION within ``timeout_s`` (s), or None.
 
-        Returns as soon as one valid action is in; later ones in the queue win over it.
+        Returns as soon as the answer to the last observation sent is in. Until then it keeps
+        waiting; at the deadline it returns the newest valid answer to an earlier observation
+        (one that came late), if any. Returning a late answer at once instead would lock the
+        loop into using every action one cycle late.
         """
         deadline = time.monotonic() + timeout_s
         best: np.ndarray | None = None
@@ -118,15 +121,17 @@ class EdgeClient:
                 if action is not None:
                     best = action
             left_s = deadline - time.monotonic()
-            if best is not None or left_s <= 0:
+            if (best is not None and self._last_ack >= self._seq) or left_s <= 0:
                 return best
             self._wait_readable(left_s)
 
     def _wait_readable(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` (s, sub-millisecond) for the socket to become readable.
 
-        ZeroMQ's own poll counts whole milliseconds, too coarse for a 1 kHz loop; its file
-        descriptor is edge-triggered, so pending messages are checked first (``EVENTS``).
+        ZeroMQ's own poll counts whole milliseconds, too coarse for a 1 kHz loop, and spinning
+        would starve the ZeroMQ I/O threads of a small machine; so this waits in ``select`` on
+        the socket's file descriptor. That descriptor is edge-triggered: ``EVENTS`` is checked
+        first, and the caller re-checks for messages after every wake-up.
         """
         if int(self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             return

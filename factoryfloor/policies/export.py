@@ -33,8 +33,10 @@ from factoryfloor.policies.train_config import TrainConfig
 PARITY_OBSERVATIONS = 1000
 PARITY_TOLERANCE = 1e-5
 OPSET = 17
-SQUASHED_MEAN = ("sac", "tqc")  # actor's Gaussian mean through tanh
-DIRECT_ACTOR = ("td3",)  # actor(obs) is already the tanh output
+SQUASHED_MEAN = ("sac", "tqc")  # actor's Gaussian mean through tanh, scaled to the bounds
+DIRECT_ACTOR = ("td3",)  # actor(obs) is already the tanh output, scaled to the bounds
+CLIPPED_MEAN = ("ppo",)  # the Gaussian mean in action units, clipped to the bounds
+EXPORTABLE = (*SQUASHED_MEAN, *DIRECT_ACTOR, *CLIPPED_MEAN)
 ACTIVATION_NAMES = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.ELU: "elu"}
 _SMALL_BUFFER = {"buffer_size": 1}
 OBS_UNITS = {
@@ -54,7 +56,8 @@ class DeployedActor(nn.Module):
 
     def __init__(self, model: BaseAlgorithm, algo: str, norm: dict[str, np.ndarray]) -> None:
         super().__init__()
-        self.actor: Any = getattr(model.policy, "actor")  # noqa: B009  (SAC/TQC/TD3 policies)
+        self.policy: Any = model.policy
+        self.actor: Any = getattr(model.policy, "actor", None)  # SAC/TQC/TD3 policies
         self.algo = algo
         space = model.observation_space
         assert isinstance(space, gym.spaces.Dict)
@@ -83,6 +86,10 @@ class DeployedActor(nn.Module):
         named = {
             k: p.reshape(-1, *s) for k, p, s in zip(self.keys, parts, self.shapes, strict=True)
         }
+        if self.algo in CLIPPED_MEAN:  # PPO: predict() clips the mean to the bounds
+            features = self.policy.extract_features(named, self.policy.pi_features_extractor)
+            mean = self.policy.action_net(self.policy.mlp_extractor.forward_actor(features))
+            return torch.max(torch.min(mean, self.high), self.low)
         if self.algo in SQUASHED_MEAN:
             mean, _, _ = self.actor.get_action_dist_params(named)
             scaled = torch.tanh(mean)
@@ -103,8 +110,8 @@ def load_run_model(
     if not (run / "config.yaml").is_file():
         raise ExportError(f"{run} is not a run folder (no config.yaml); train one first")
     cfg = TrainConfig.from_yaml(run / "config.yaml")
-    if cfg.algo not in (*SQUASHED_MEAN, *DIRECT_ACTOR):
-        raise ExportError(f"export supports sac, tqc and td3 runs, not {cfg.algo!r}")
+    if cfg.algo not in EXPORTABLE:
+        raise ExportError(f"export supports {', '.join(EXPORTABLE)} runs, not {cfg.algo!r}")
     checkpoint = ckpt.read_checkpoint(run / "checkpoints" / which)
     venv = DummyVecEnv([lambda: gym.make(cfg.task, **cfg.env_kwargs)])
     vecnorm = None
@@ -153,7 +160,9 @@ def normalization_arrays(model: BaseAlgorithm, vecnorm: VecNormalize | None) -> 
 
 
 def _check_flatten_features(model: BaseAlgorithm) -> None:
-    extractor = getattr(model.policy, "actor").features_extractor  # noqa: B009
+    policy: Any = model.policy
+    actor = getattr(policy, "actor", None)
+    extractor = actor.features_extractor if actor is not None else policy.pi_features_extractor
     subs = getattr(extractor, "extractors", None)
     if subs is None or not all(isinstance(m, nn.Flatten) for m in subs.values()):
         raise ExportError(
@@ -187,9 +196,14 @@ def mlp_arrays(model: BaseAlgorithm, algo: str) -> tuple[dict[str, np.ndarray], 
 
     Returns empty arrays and ``{"numpy": False}`` when the actor is not a plain MLP.
     """
-    actor: Any = getattr(model.policy, "actor")  # noqa: B009
+    actor: Any = getattr(model.policy, "actor", None)
     squash: str | None
-    if algo in SQUASHED_MEAN:
+    output = "scale"  # [-1, 1] -> [low, high]
+    if algo in CLIPPED_MEAN:
+        policy: Any = model.policy
+        modules = [*policy.mlp_extractor.policy_net, policy.action_net]
+        squash, output = None, "clip"
+    elif algo in SQUASHED_MEAN:
         modules = [*actor.latent_pi, actor.mu]
         squash = "tanh"
     else:
@@ -199,7 +213,7 @@ def mlp_arrays(model: BaseAlgorithm, algo: str) -> tuple[dict[str, np.ndarray], 
     linears = [m for m in modules if isinstance(m, nn.Linear)]
     acts = {ACTIVATION_NAMES.get(type(m)) for m in modules if not isinstance(m, nn.Linear)}
     plain = len(linears) + max(len(linears) - 1, 0) == len(modules) and None not in acts
-    if not plain or len(acts) > 1 or getattr(actor, "use_sde", False):
+    if not plain or len(acts) > 1 or getattr(actor or model.policy, "use_sde", False):
         return {}, {"numpy": False}
     arrays = {}
     for i, layer in enumerate(linears):
@@ -210,6 +224,7 @@ def mlp_arrays(model: BaseAlgorithm, algo: str) -> tuple[dict[str, np.ndarray], 
         "layers": len(linears),
         "activation": acts.pop() if acts else "relu",
         "squash": squash,
+        "output": output,
         "hidden_sizes": [int(layer.out_features) for layer in linears[:-1]],
     }
     return arrays, info

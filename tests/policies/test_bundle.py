@@ -284,10 +284,12 @@ def test_other_off_policy_algorithms_export_with_parity(algo, normalize, tmp_pat
     assert manifest["actor"]["algo"] == algo and manifest["actor"]["numpy"] is True
 
 
-def test_ppo_runs_are_refused_with_a_clear_error(tmp_path):
+def test_ppo_runs_export_the_clipped_gaussian_mean(tmp_path):
     cfg = load_config(REACH, "ppo")
-    fields = {**cfg.to_dict(), **TINY, "timesteps": 64, "batch_size": 32, "n_envs": 1}
+    fields = {**cfg.to_dict(), **TINY, "timesteps": 128, "batch_size": 32, "n_envs": 1}
     fields["algo_kwargs"] = {"n_steps": 64}
     run = train(TrainConfig(**{**fields, "out": str(tmp_path / "run")}))
-    with pytest.raises(ex.ExportError, match="export supports sac, tqc and td3 runs, not 'ppo'"):
-        ex.export_run(run, tmp_path / "ppo.ffpolicy")
+    manifest = ex.export_run(run, tmp_path / "ppo.ffpolicy")
+    assert manifest["actor"]["output"] == "clip" and manifest["actor"]["activation"] == "tanh"
+    assert all(d < 1e-5 for d in manifest["export_check"]["max_abs_diff"].values())
+    assert set(manifest["export_check"]["max_abs_diff"]) == {"onnxruntime", "numpy"}
