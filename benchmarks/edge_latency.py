@@ -291,8 +291,8 @@ def fault_injection(folder: Path, kills: int) -> dict[str, Any]:
         proc.wait(10)
         client.close()
         controller.close()
-    detected = [r["detected_ms"] for r in rows]
-    standstill = [r["standstill_ms"] for r in rows]
+    detected = [r["detected_ms"] for r in rows] or [0.0]
+    standstill = [r["standstill_ms"] for r in rows] or [0.0]
     return {
         "injected": len(rows), "faulted": sum(r["state"] == "FAULT" for r in rows),
         "detected_ms": {"median": float(np.median(detected)), "max": max(detected)},

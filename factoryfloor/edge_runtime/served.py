@@ -9,6 +9,7 @@ scripted expert, adapted in ``factoryfloor.cli``) can be served the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -37,17 +38,17 @@ class WireSpec:
     action: list[dict[str, Any]]
     model_sha256: str
 
-    @property
+    @cached_property
     def obs_size(self) -> int:
         """Float32 values in an OBSERVATION payload."""
         return sum(int(np.prod(item["shape"])) for item in self.observation)
 
-    @property
+    @cached_property
     def action_size(self) -> int:
         """Float32 values in an ACTION payload."""
         return sum(int(np.prod(item["shape"])) for item in self.action)
 
-    @property
+    @cached_property
     def schema_sha256(self) -> str:
         """Hash of the observation and action specs (``docs/protocol.md``)."""
         return schema_sha256(self.observation, self.action)
@@ -106,15 +107,18 @@ class BundleServedPolicy:
     def __init__(self, bundle: BundlePolicy) -> None:
         self.bundle = bundle
         self.spec = bundle_wire_spec(bundle.manifest)
-        sizes = [int(np.prod(item["shape"])) for item in self.spec.observation]
-        self._splits = np.cumsum(sizes)[:-1]
+        self._fields: list[tuple[str, slice, tuple[int, ...]]] = []  # name, columns, shape
+        start = 0
+        for item in self.spec.observation:
+            size = int(np.prod(item["shape"]))
+            self._fields.append((item["name"], slice(start, start + size), tuple(item["shape"])))
+            start += size
 
     def act_batch(self, sessions: list[int], obs: np.ndarray) -> np.ndarray:
         """Actions ``(B, action_size)`` for flat observations ``(B, obs_size)``."""
-        parts = np.split(np.asarray(obs, dtype=np.float32), self._splits, axis=1)
+        flat = np.asarray(obs, dtype=np.float32)
         batch = {
-            item["name"]: part.reshape(len(obs), *item["shape"])
-            for item, part in zip(self.spec.observation, parts, strict=True)
+            name: flat[:, cols].reshape(len(flat), *shape) for name, cols, shape in self._fields
         }
         actions = self.bundle.act_batch(batch)
         return np.asarray(actions, dtype=np.float32).reshape(len(obs), -1)
