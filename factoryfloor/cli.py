@@ -382,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
+    except KeyboardInterrupt:  # Ctrl-C: cleanup ran in the commands' finally blocks
+        print(f"factoryfloor {args.command}: interrupted", file=sys.stderr)
+        return 130
     except ModuleNotFoundError as exc:  # an optional dependency (an extra) is missing
         extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0], "train")
         print(
