@@ -205,7 +205,11 @@ int main(int argc, char **argv) {
         uint64_t hold_deadline = last_fresh + period_ns + hold_ns;
         uint64_t wait_until = due + period_ns * 8 / 10;
         if (wait_until > hold_deadline) wait_until = hold_deadline;
-        int got = 0;
+        /* Wait for the answer to this observation; an answer to an earlier one that came late
+         * is kept and used only at the deadline (using it at once would lock the loop into
+         * applying every action one cycle late). */
+        int got = 0, late = 0;
+        uint64_t late_ack = 0, late_rtt = 0;
         while (!got && (n = recv_until(sock, buf, wait_until)) >= 0) {
             uint64_t t = now_ns();
             if (decode_header(buf, n, &r) != 0 || r.type != ACTION || r.session_id != session ||
@@ -226,10 +230,22 @@ int main(int argc, char **argv) {
                 clipped += c != a;
                 command[i] = c;
             }
-            last_ack = r.ack_seq;
-            last_fresh = t;
-            rtt[n_rtt++] = t - r.t_echo_ns;
+            if (r.ack_seq == seq) {
+                got = 1;
+                last_ack = r.ack_seq;
+                last_fresh = t;
+                rtt[n_rtt++] = t - r.t_echo_ns;
+            } else {
+                late = 1;
+                late_ack = r.ack_seq;
+                late_rtt = t - r.t_echo_ns;
+            }
+        }
+        if (!got && late) { /* the deadline passed: the late answer is the newest we have */
             got = 1;
+            last_ack = late_ack;
+            last_fresh = now_ns();
+            rtt[n_rtt++] = late_rtt;
         }
         if (got) {
             fresh++;
