@@ -79,6 +79,7 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--view-port", type=int, default=8765, help="live view port (0: any)")
     p.add_argument("--view-linger", type=float, default=0.0, help="keep the view up N s more")
     p.add_argument("--min-success", type=float, default=0.9, help="fail below this rate")
+    p.add_argument("--hold-window-ms", type=float, default=20.0, help="safety hold window (ms)")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
 
 
@@ -90,7 +91,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             task=args.task, robot=args.robot, policy=args.policy, episodes=args.episodes,
             seed=args.seed, video_episodes=args.video_episodes, gui=args.gui, view=args.view,
             view_port=args.view_port, view_linger_s=args.view_linger, out=args.out,
-            min_success=args.min_success,
+            min_success=args.min_success, hold_window_s=args.hold_window_ms / 1e3,
         )
     )  # fmt: skip
 

@@ -113,6 +113,8 @@ class BundleServedPolicy:
             size = int(np.prod(item["shape"]))
             self._fields.append((item["name"], slice(start, start + size), tuple(item["shape"])))
             start += size
+        # the first inference initialises onnxruntime's kernels (tens of ms): not on a robot's clock
+        self.act_batch([0], np.zeros((1, self.spec.obs_size), np.float32))
 
     def act_batch(self, sessions: list[int], obs: np.ndarray) -> np.ndarray:
         """Actions ``(B, action_size)`` for flat observations ``(B, obs_size)``."""

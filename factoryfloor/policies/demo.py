@@ -60,6 +60,7 @@ class DemoOptions:
         view_linger_s: Keep the live view up this long after the run (s).
         out: Output folder.
         min_success: Success rate below which the demo fails.
+        hold_window_s: The safety layer's hold window (s).
     """
 
     task: str = "factoryfloor/PickPlace-v0"
@@ -74,6 +75,7 @@ class DemoOptions:
     view_linger_s: float = 0.0
     out: Path = field(default_factory=lambda: Path("out/demo"))
     min_success: float = 0.9
+    hold_window_s: float = 0.020
 
 
 def resolve_policy(options: DemoOptions) -> str:
@@ -166,7 +168,9 @@ def run_demo(options: DemoOptions) -> int:
         server, endpoint = start_server(policy, options, Path(tmp))
         client = EdgeClient(endpoint)
         try:
-            runtime = DemoRuntime(controller, client, name="demo")
+            runtime = DemoRuntime(
+                controller, client, hold_window_s=options.hold_window_s, name="demo"
+            )
             welcome = runtime.rearm()
             console.start(options, welcome, endpoint, view.url if view else None)
             report = runtime.run(None, 0.25, lambda r: _progress(r, console, view))

@@ -100,11 +100,14 @@ class _State:
 def _viewer_main(
     commands: Any, ready: Any, task_id: str, robot: str, port: int, fps: float
 ) -> None:
+    import os
+
     import cv2
     import gymnasium as gym
 
     import factoryfloor  # noqa: F401  (registers the envs)
 
+    os.nice(10)  # best effort: the control loop and the policy server come first
     state = _State()
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), _handler(state, task_id))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()

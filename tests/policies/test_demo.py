@@ -16,7 +16,9 @@ from factoryfloor.policies.demo import DemoOptions, resolve_policy
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    status = main(["demo", "--episodes", "2", "--video-episodes", "1", "--out", str(out)])
+    # other tests run beside it in CI: a generous hold window keeps a stall from faulting
+    status = main(["demo", "--episodes", "2", "--video-episodes", "1", "--out", str(out),
+                   "--hold-window-ms", "200"])  # fmt: skip
     return status, out
 
 

@@ -45,11 +45,12 @@ def wait_for(url: str, check, timeout_s: float = 60.0):
     raise AssertionError(f"{url} never satisfied the check")
 
 
-def screenshot(url: str, path) -> np.ndarray:
+def screenshot(url: str, path, log=None) -> np.ndarray:
     cmd = [CHROMIUM, *FLAGS, "--window-size=700,700", "--timeout=2500", f"--screenshot={path}", url]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
     image = cv2.imread(str(path))
-    assert image is not None, done.stderr[-2000:]
+    demo_log = log.read_text(errors="replace")[-3000:] if log is not None else ""
+    assert image is not None, done.stderr[-1000:] + "\n--- demo log ---\n" + demo_log
     return image
 
 
@@ -65,15 +66,16 @@ def test_live_view_streams_a_moving_picture_and_changing_numbers(tmp_path):
     # enough episodes to outlast the screenshots on a loaded machine; stopped with SIGINT after
     cmd = [sys.executable, "-m", "factoryfloor.cli", "demo", "--episodes", "40", "--view",
            "--view-port", str(port), "--video-episodes", "1", "--min-success", "0",
+           "--hold-window-ms", "500",  # tests run beside it: no spurious fault from a stall
            "--out", str(tmp_path / "out")]  # fmt: skip
     log = tmp_path / "demo.log"
     with open(log, "wb") as sink:
         demo = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
     try:
         wait_for(url + "metrics.json", lambda b: json.loads(b).get("frames", 0) > 3)
-        first, numbers_1 = screenshot(url, tmp_path / "1.png"), page_numbers(url)
+        first, numbers_1 = screenshot(url, tmp_path / "1.png", log), page_numbers(url)
         time.sleep(1.5)
-        second, numbers_2 = screenshot(url, tmp_path / "2.png"), page_numbers(url)
+        second, numbers_2 = screenshot(url, tmp_path / "2.png", log), page_numbers(url)
     finally:
         demo.send_signal(signal.SIGINT)  # Ctrl-C: the demo stops its server and view
         demo.wait(60)
