@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-EXTRAS ?= sim,train,edge,dev,bench
+EXTRAS ?= sim,train,edge,ray,dev,bench
 PYTEST_ARGS ?= -m "not slow and not gui and not hardware" -n 2
 
 .PHONY: demo test test-all lint format bench bench-train bench-edge c-controller browser clean

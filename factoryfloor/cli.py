@@ -15,6 +15,7 @@ from typing import Any
 
 # top-level module -> the extra of pyproject.toml that installs it
 EXTRA_OF_MODULE = {
+    "ray": "ray",
     "pybullet": "sim",
     "cv2": "sim",
     "zmq": "edge",
@@ -117,6 +118,14 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
         help="without --demos: record this many expert episodes into the run folder first",
     )
     p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run the envs in Ray actors: a local Ray, or the cluster at ADDRESS",
+    )
+    p.add_argument("--envs-per-actor", type=int, help="environments per Ray actor (default: 4)")
+    p.add_argument(
         "--target-success", type=float, help="stop once an evaluation reaches this success rate"
     )
     p.add_argument(
@@ -141,6 +150,9 @@ def _run_train(args: argparse.Namespace) -> int:
         "demos": args.demos,
         "demo_episodes": args.demo_episodes,
         "bc_epochs": args.bc_epochs,
+        "ray": True if args.ray else None,
+        "ray_address": None if args.ray in (None, "local") else args.ray,
+        "envs_per_actor": args.envs_per_actor,
         "target_success": args.target_success,
         "max_wall_time_s": args.max_wall_time,
     }

@@ -77,13 +77,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     eval_env = _make_eval_env(cfg)
-    venv: VecEnv = make_vec_env(
-        partial(_make_env, cfg.task, cfg.n_envs > 1),
-        n_envs=cfg.n_envs,
-        seed=cfg.seed,
-        vec_env_cls=SubprocVecEnv if cfg.n_envs > 1 else DummyVecEnv,
-        env_kwargs=cfg.env_kwargs,
-    )
+    venv = _make_training_envs(cfg)
     try:
         tb_dir = _tensorboard_dir(cfg, run_dir)
         if last is None:
@@ -148,6 +142,27 @@ def _drop_evaluations_after(run_dir: Path, num_timesteps: int) -> None:
         lines = path.read_text(encoding="utf-8").splitlines()
         kept = [ln for ln in lines if ln and json.loads(ln)["num_timesteps"] <= num_timesteps]
         ckpt.atomic_write_text(path, "".join(f"{ln}\n" for ln in kept))
+
+
+def _make_training_envs(cfg: TrainConfig) -> VecEnv:
+    """The training envs: in-process, in subprocesses, or in Ray actors (``cfg.ray``)."""
+    if cfg.ray:
+        import ray
+
+        from factoryfloor.policies.ray_vec_env import RayVecEnv
+
+        if not ray.is_initialized():
+            ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=False)
+        venv: VecEnv = RayVecEnv(cfg.task, cfg.n_envs, cfg.envs_per_actor, cfg.env_kwargs)
+        venv.seed(cfg.seed)
+        return venv
+    return make_vec_env(
+        partial(_make_env, cfg.task, cfg.n_envs > 1),
+        n_envs=cfg.n_envs,
+        seed=cfg.seed,
+        vec_env_cls=SubprocVecEnv if cfg.n_envs > 1 else DummyVecEnv,
+        env_kwargs=cfg.env_kwargs,
+    )
 
 
 def _make_env(task: str, in_subprocess: bool, **kwargs: Any) -> gym.Env[Any, Any]:

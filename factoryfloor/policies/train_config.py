@@ -97,6 +97,10 @@ class TrainConfig:
             and stay fixed for the run (the cloned actor relies on them).
         bc_batch_size: Transitions per behaviour-cloning gradient step.
         bc_learning_rate: Initial behaviour-cloning Adam learning rate (cosine decay to 0).
+        ray: Run the training envs in Ray actors (``RayVecEnv``) instead of subprocesses.
+        ray_address: Ray cluster to join (``"auto"``, ``"ray://host:10001"``, ...); None starts
+            a local Ray.
+        envs_per_actor: Environments per Ray actor (stepped together in one remote call).
         target_success: Stop training once an evaluation reaches this success rate (0: never).
         max_wall_time_s: Stop training after this much wall time over all sessions of the run,
             saving the "last" checkpoint as at the end of the budget (s; 0: no limit).
@@ -140,6 +144,9 @@ class TrainConfig:
     bc_epochs: int = 0
     bc_batch_size: int = 256
     bc_learning_rate: float = 1e-3
+    ray: bool = False
+    ray_address: str | None = None
+    envs_per_actor: int = 4
     target_success: float = 0.0
     max_wall_time_s: float = 0.0
 
@@ -194,6 +201,7 @@ class TrainConfig:
             ),
             ("bc_batch_size", self.bc_batch_size >= 1, "use a positive batch size, e.g. 256"),
             ("bc_learning_rate", 0 < self.bc_learning_rate < 1, "use e.g. 1e-3"),
+            ("envs_per_actor", self.envs_per_actor >= 1, "use >= 1 environment per actor"),
             ("target_success", 0 <= self.target_success <= 1, "use a rate in [0, 1] (0: never)"),
             ("max_wall_time_s", self.max_wall_time_s >= 0, "use >= 0 seconds (0: no limit)"),
         ]

@@ -1,0 +1,138 @@
+"""RayVecEnv on a local Ray with 2 CPUs: SubprocVecEnv parity, HER training, actor restarts."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
+from stable_baselines3.common.vec_env import SubprocVecEnv  # noqa: E402
+
+from factoryfloor.policies import train as training  # noqa: E402
+from factoryfloor.policies.ray_vec_env import RayVecEnv  # noqa: E402
+
+REACH = "factoryfloor/Reach-v0"
+
+
+@pytest.fixture
+def local_ray():
+    """A local Ray with 2 CPUs (started once per worker process, or again after the cluster
+    test shut its own down; Ray stops with the process)."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+
+def rollout(venv, seed: int, steps: int) -> list:
+    venv.seed(seed)
+    rng = np.random.default_rng(0)
+    records = [venv.reset()]
+    for _ in range(steps):
+        actions = rng.uniform(-1, 1, (venv.num_envs, 4)).astype(np.float32)
+        obs, rewards, dones, infos = venv.step(actions)
+        terminal = [i.get("terminal_observation") for i in infos]
+        records.append((obs, rewards, dones, terminal))
+    return records
+
+
+def assert_same(a, b) -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same(x, y)
+    elif a is None:
+        assert b is None
+    else:
+        np.testing.assert_array_equal(a, b)
+
+
+def test_same_observations_rewards_and_dones_as_subproc(local_ray):
+    ray_env = RayVecEnv(REACH, n_envs=4, envs_per_actor=2)
+    # what `train` builds without Ray (its env factory imports factoryfloor in each worker)
+    sub_env = make_vec_env(partial(training._make_env, REACH, True), 4, vec_env_cls=SubprocVecEnv)
+    try:
+        assert ray_env.n_actors == 2
+        steps = 120  # Reach episodes end (success or 50 steps): auto-resets are compared too
+        ours, theirs = rollout(ray_env, 7, steps), rollout(sub_env, 7, steps)
+        assert_same(ours, theirs)
+        assert any(r[2].any() for r in ours[1:])
+        # HER and evaluation callbacks reach the envs the same way
+        assert ray_env.get_attr("spec")[0].id == REACH
+        goal = np.zeros((2, 3), np.float32)
+        assert np.array_equal(
+            ray_env.env_method("compute_reward", goal, goal, {}, indices=[0])[0],
+            sub_env.env_method("compute_reward", goal, goal, {}, indices=[0])[0],
+        )
+    finally:
+        ray_env.close()
+        sub_env.close()
+
+
+def test_a_dead_actor_is_restarted_counted_and_the_run_goes_on(local_ray):
+    venv = RayVecEnv(REACH, n_envs=4, envs_per_actor=2)
+    try:
+        venv.seed(0)
+        venv.reset()
+        actions = np.zeros((4, 4), np.float32)
+        venv.step(actions)
+        ray.kill(venv.actors[1])  # envs 2 and 3 die with it
+        _, _, dones, infos = venv.step(actions)
+        assert venv.restarts == 1
+        assert dones.tolist() == [False, False, True, True]
+        assert infos[2]["actor_restarted"] and infos[2]["TimeLimit.truncated"]
+        assert infos[2]["terminal_observation"]["observation"].shape == (7,)
+        for _ in range(10):  # the run goes on
+            obs, *_ = venv.step(actions)
+        assert obs["observation"].shape == (4, 7) and venv.restarts == 1
+    finally:
+        venv.close()
+
+
+def test_her_training_runs_on_ray(local_ray, tmp_path):
+    from factoryfloor.policies.train import train
+    from factoryfloor.policies.train_config import load_config
+
+    overrides = {
+        "timesteps": 400, "n_envs": 4, "ray": True, "envs_per_actor": 2,
+        "learning_starts": 200, "buffer_size": 5_000, "batch_size": 64, "eval_every_steps": 400,
+        "eval_episodes": 2, "checkpoint_every_steps": 0, "progress_bar": False,
+        "tensorboard": False, "out": str(tmp_path / "run"),
+    }  # fmt: skip
+    run = train(load_config(REACH, "sac", None, overrides))
+    import json
+
+    manifest = json.loads((run / "checkpoints" / "last" / "checkpoint.json").read_text())
+    assert manifest["num_timesteps"] == 400
+    assert (run / "evaluations.jsonl").read_text().strip()
+
+
+def test_actors_spread_over_a_two_node_cluster():
+    """A head and a worker node made on this machine with Ray's own test cluster utilities."""
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        venv = RayVecEnv(REACH, n_envs=2, envs_per_actor=1)  # one CPU per actor: one per node
+        try:
+            venv.seed(0)
+            obs = venv.reset()
+            assert obs["observation"].shape == (2, 7)
+            nodes = venv.node_ids()
+            assert len(set(nodes)) == 2, nodes
+            venv.step(np.zeros((2, 4), np.float32))
+        finally:
+            venv.close()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
