@@ -43,14 +43,31 @@ def _configure_eval(p: argparse.ArgumentParser) -> None:
         "--video", type=Path, help="write the cell camera of the first episodes to this .mp4"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument(
+        "--ray", nargs="?", const="local", metavar="ADDRESS",
+        help="spread the episodes over Ray workers: a local Ray, or the cluster at ADDRESS",
+    )  # fmt: skip
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     from factoryfloor.policies.evaluate import evaluate
 
-    result = evaluate(
-        args.env_id, args.policy, args.episodes, args.seed, args.robot, video=args.video
-    ).as_dict()
+    if args.ray:
+        import ray
+
+        from factoryfloor.policies.ray_eval import evaluate_on_ray
+
+        if args.video is not None:
+            raise ValueError("--video records in this process: drop --ray to record a video")
+        address = None if args.ray == "local" else args.ray
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        result = evaluate_on_ray(
+            args.env_id, args.policy, args.episodes, args.seed, args.robot
+        ).as_dict()
+    else:
+        result = evaluate(
+            args.env_id, args.policy, args.episodes, args.seed, args.robot, video=args.video
+        ).as_dict()
     if args.json:
         print(json.dumps(result))
     else:

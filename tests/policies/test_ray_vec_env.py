@@ -136,3 +136,19 @@ def test_actors_spread_over_a_two_node_cluster():
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_eval_on_ray_matches_in_process_evaluation(local_ray):
+    from importlib.resources import files
+
+    from factoryfloor.policies.evaluate import evaluate
+    from factoryfloor.policies.ray_eval import evaluate_on_ray
+
+    bundle = str(files("factoryfloor.policies") / "pretrained" / "reach_panda.ffpolicy")
+    for policy in ("expert", bundle):
+        spread = evaluate_on_ray(REACH, policy, episodes=7, seed=100, workers=2)
+        local = evaluate(REACH, policy, episodes=7, seed=100)
+        assert spread.successes == local.successes
+        assert spread.episode_lengths == local.episode_lengths
+        assert spread.mean_return == pytest.approx(local.mean_return)
+        assert spread.episodes == 7 and spread.seed == 100
