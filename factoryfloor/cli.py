@@ -362,6 +362,34 @@ def _run_edge_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_sweep(p: argparse.ArgumentParser) -> None:
+    p.add_argument("task", metavar="TASK_ID", help="environment id, e.g. factoryfloor/Reach-v0")
+    p.add_argument("--algo", help="sac, td3, tqc or ppo (default: the task's)")
+    p.add_argument("--seeds", default="0-3", help="seeds of each config: 0-7 or 0,3,5")
+    p.add_argument("--grid", type=Path, help="YAML: TrainConfig field -> list of values")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help="Ray cluster")
+    p.add_argument("--out", type=Path, default=Path("runs/sweep"), help="sweep folder")
+    p.add_argument("--timesteps", type=int, help="training budget of every trial")
+    p.add_argument("--no-early-stop", action="store_true", help="run every trial to the end")
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    import ray
+
+    from factoryfloor.policies.sweep import format_summary, load_grid, parse_seeds, run_sweep
+
+    if args.ray and args.ray != "local":
+        ray.init(address=args.ray, include_dashboard=False, log_to_driver=False)
+    fixed = {"timesteps": args.timesteps} if args.timesteps else {}
+    summary = run_sweep(
+        args.task, args.algo or "sac", parse_seeds(args.seeds), load_grid(args.grid), args.out,
+        fixed, early_stop=not args.no_early_stop,
+    )  # fmt: skip
+    print(format_summary(summary))
+    print(f"summary: {args.out / 'summary.json'}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Configure, Run]] = {
     "train": (
         "train a policy with stable-baselines3 (HER for the goal tasks); writes a run folder",
@@ -383,6 +411,11 @@ COMMANDS: dict[str, tuple[str, Configure, Run]] = {
         "the whole stack: pretrained bundle served over the edge runtime to a real-time sim",
         _configure_demo,
         _run_demo,
+    ),
+    "sweep": (
+        "train configs x seeds on Ray Tune, stop hopeless trials, summarise success per config",
+        _configure_sweep,
+        _run_sweep,
     ),
     "edge": (
         "edge runtime: serve a policy over ZeroMQ, run the simulated controller, make keys",

@@ -26,6 +26,7 @@ import inspect
 import json
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -59,8 +60,16 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    on_evaluation: Callable[[dict[str, Any]], None] | None = None,
+) -> Path:
     """Train (or, with ``resume``, continue training) and return the run folder.
+
+    ``on_evaluation`` receives each evaluation record as it is written (e.g. a sweep reporting
+    the success rate to Ray Tune).
 
     Raises:
         ConfigError: For settings that cannot work (the message says how to fix them).
@@ -94,6 +103,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         ckpt.atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
         write_environment(run_dir, device, resumed=last is not None)
         callback = RunCallback(cfg, run_dir, eval_env, last, start)
+        callback.on_evaluation = on_evaluation
         callback.evaluate_at_start = last is None and cfg.bc_epochs > 0  # the cloned actor
         callback.init_callback(model)
         with stop_on_signals() as stop:

@@ -56,6 +56,7 @@ class RunCallback(BaseCallback):
         self.evaluate_at_start = False
         self.stopped_because: str | None = None
         self.stop_reason: str | None = None  # set before a step, acted on at the next one
+        self.on_evaluation: Any = None  # called with each evaluation record
 
     def _init_callback(self) -> None:
         n, every = self.model.num_timesteps, self.cfg.eval_every_steps
@@ -140,6 +141,8 @@ class RunCallback(BaseCallback):
         if record["best"]:
             self.best = score
             self._save_best(record)
+        if self.on_evaluation is not None:
+            self.on_evaluation(record)
         return record
 
     def _writers(self, full: bool) -> dict[str, tuple[str, ckpt.Writer]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,3 +153,25 @@ def test_eval_on_ray_matches_in_process_evaluation(local_ray):
         assert spread.episode_lengths == local.episode_lengths
         assert spread.mean_return == pytest.approx(local.mean_return)
         assert spread.episodes == 7 and spread.seed == 100
+
+
+def test_sweep_two_configs_two_seeds_writes_the_summary(local_ray, tmp_path, capsys):
+    import json
+
+    from factoryfloor.cli import main
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("learning_rate: [0.001, 0.0003]\n")
+    out = tmp_path / "sweep"
+    code = main(["sweep", REACH, "--algo", "sac", "--seeds", "0-1", "--grid", str(grid),
+                 "--out", str(out), "--timesteps", "200", "--no-early-stop"])  # fmt: skip
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trials"] == 4 and len(summary["configs"]) == 2
+    for row in summary["configs"].values():
+        assert set(row["seeds"]) == {"0", "1"}
+        assert 0.0 <= row["mean"] <= 1.0 and row["std"] >= 0.0
+        for trial in row["seeds"].values():
+            assert (Path(trial["run"]) / "evaluations.jsonl").is_file()  # a normal run folder
+    assert summary["best"]["name"] in summary["configs"]
+    assert "best:" in capsys.readouterr().out

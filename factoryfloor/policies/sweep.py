@@ -1,0 +1,179 @@
+"""``factoryfloor sweep``: training runs over configs x seeds on Ray Tune.
+
+One trial per (grid config, seed); each trial is a normal ``train`` run with its own run folder
+(``OUT/trials/<config>_seed<seed>``) that reports every evaluation's success rate to Tune. ASHA
+stops hopeless trials early (on the success rate, at evaluation milestones). The summary, per
+config, is the mean +- std over seeds of each trial's best success rate, and the best config;
+it is printed and written to ``OUT/summary.json``.
+
+A grid file is YAML mapping TrainConfig fields to lists of values, e.g.::
+
+    learning_rate: [0.001, 0.0003]
+    net_arch: [[256, 256], [64, 64]]
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from factoryfloor.policies.train_config import ConfigError, load_config, read_yaml
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-7"`` -> 0..7; ``"0,3,5"`` -> [0, 3, 5]."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if match is None:
+            raise ConfigError(f"--seeds {text!r}: use a range like 0-7 or a list like 0,3,5")
+        low, high = int(match[1]), int(match[2] or match[1])
+        if high < low:
+            raise ConfigError(f"--seeds {text!r}: {low}-{high} is an empty range")
+        seeds.extend(range(low, high + 1))
+    return seeds
+
+
+def grid_configs(grid: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values (one empty config for an empty grid)."""
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid {key!r}: give a non-empty list of values, e.g. [1, 2]")
+    keys = sorted(grid)
+    return [
+        dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(grid[k] for k in keys))
+    ]
+
+
+def config_name(config: dict[str, Any]) -> str:
+    """A short folder-safe name of a grid config."""
+    text = "_".join(f"{k}={v}" for k, v in sorted(config.items())) or "default"
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text)[:80]
+
+
+def _trial(tune_config: dict[str, Any]) -> None:
+    """One Tune trial: a training run reporting its evaluations."""
+    from ray import tune
+
+    params = tune_config["trial"]
+    from factoryfloor.policies.train import train
+
+    overrides = {
+        **params["config"],
+        **params["fixed"],
+        "seed": params["seed"],
+        "out": params["out"],
+    }
+    cfg = load_config(params["task"], params["algo"], None, overrides)
+
+    def report(record: dict[str, Any]) -> None:
+        tune.report(
+            {"success_rate": record["success_rate"], "num_timesteps": record["num_timesteps"]}
+        )
+
+    train(cfg, on_evaluation=report)
+
+
+def run_sweep(
+    task: str,
+    algo: str,
+    seeds: list[int],
+    grid: dict[str, Any],
+    out: Path,
+    fixed: dict[str, Any] | None = None,
+    early_stop: bool = True,
+) -> dict[str, Any]:
+    """Run every config x seed as a Tune trial; return (and write) the summary.
+
+    Args:
+        task: Gymnasium id.
+        algo: Algorithm.
+        seeds: Seeds of each config.
+        grid: Field -> list of values.
+        out: Sweep folder (run folders under ``trials/``, ``summary.json``).
+        fixed: Fields set in every trial (e.g. a small ``timesteps``).
+        early_stop: Stop hopeless trials with ASHA.
+    """
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    configs = grid_configs(grid)
+    fixed = {"progress_bar": False, "tensorboard": False, **(fixed or {})}
+    base = load_config(task, algo, None, {**fixed, "seed": seeds[0]})  # validates the fields
+    out = out.resolve()
+    trials = [
+        {
+            "task": task, "algo": algo, "config": config, "fixed": fixed, "seed": seed,
+            "name": config_name(config),
+            "out": str(out / "trials" / f"{config_name(config)}_seed{seed}"),
+        }
+        for config in configs for seed in seeds
+    ]  # fmt: skip
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    scheduler = None
+    if early_stop:
+        every = max(1, base.eval_every_steps)
+        scheduler = ASHAScheduler(
+            time_attr="num_timesteps", max_t=base.timesteps, grace_period=every, reduction_factor=2
+        )
+    tuner = tune.Tuner(
+        tune.with_resources(_trial, {"cpu": 1}),
+        param_space={"trial": tune.grid_search(trials)},
+        tune_config=tune.TuneConfig(metric="success_rate", mode="max", scheduler=scheduler),
+        run_config=tune.RunConfig(name="sweep", storage_path=str(out / "tune"), verbose=0),
+    )
+    results = tuner.fit()
+    summary = summarize(results, trials)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(out / "summary.json")
+    return summary
+
+
+def summarize(results: Any, trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per config: best success rate of each seed's trial, mean +- std; the best config."""
+    rows: dict[str, dict[str, Any]] = {}
+    for result in results:
+        trial = result.config["trial"]
+        history = result.metrics_dataframe
+        best = float(history["success_rate"].max()) if history is not None and len(history) else 0.0
+        steps = int(history["num_timesteps"].max()) if history is not None and len(history) else 0
+        row = rows.setdefault(trial["name"], {"config": trial["config"], "seeds": {}})
+        row["seeds"][str(trial["seed"])] = {
+            "best_success_rate": best, "num_timesteps": steps, "run": trial["out"],
+            "stopped_early": steps < _timesteps(trial),
+        }  # fmt: skip
+    for row in rows.values():
+        values = [s["best_success_rate"] for s in row["seeds"].values()]
+        row["mean"], row["std"] = float(np.mean(values)), float(np.std(values))
+    best = max(rows, key=lambda k: (rows[k]["mean"], -rows[k]["std"]))
+    return {"trials": len(trials), "configs": rows, "best": {"name": best, **rows[best]}}
+
+
+def _timesteps(trial: dict[str, Any]) -> int:
+    return int(load_config(trial["task"], trial["algo"], None, trial["fixed"]).timesteps)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as a text table."""
+    lines = [f"{'config':<50} {'success (best per seed)':>24} {'seeds':>6}"]
+    for name, row in sorted(summary["configs"].items(), key=lambda kv: -kv[1]["mean"]):
+        lines.append(
+            f"{name:<50} {row['mean']:>12.2f} +- {row['std']:<8.2f} {len(row['seeds']):>6}"
+        )
+    best = summary["best"]
+    lines.append(f"best: {best['name']} ({best['mean']:.2f} +- {best['std']:.2f})")
+    return "\n".join(lines)
+
+
+def load_grid(path: Path | None) -> dict[str, Any]:
+    """The grid of a YAML file, or an empty grid."""
+    return read_yaml(path) if path is not None else {}
