@@ -1,0 +1,126 @@
+"""The ``factoryfloor edge`` subcommands: serve, run-sim, keygen (wired into ``factoryfloor.cli``).
+
+They live here, not in ``edge_runtime``, because ``run-sim`` drives the simulator and ``serve
+--policy expert`` the scripted experts, which the edge runtime must not import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def configure_edge(p: argparse.ArgumentParser) -> None:
+    """Add the serve, run-sim and keygen subcommands to ``p``."""
+    sub = p.add_subparsers(dest="edge_command", required=True, metavar="EDGE_COMMAND")
+    serve = sub.add_parser("serve", help="serve a policy bundle (or the expert) over ZeroMQ")
+    serve.add_argument("--policy", required=True, help="a .ffpolicy bundle, or expert")
+    serve.add_argument("--task", help="task of --policy expert, e.g. factoryfloor/PickPlace-v0")
+    serve.add_argument("--robot", default="panda", help="robot of --policy expert")
+    serve.add_argument("--bind", default="tcp://127.0.0.1:5555", help="endpoint to bind")
+    serve.add_argument("--keys", type=Path, help="CURVE key folder (factoryfloor edge keygen)")
+    serve.add_argument("--metrics-port", type=int, help="Prometheus text on 127.0.0.1:PORT")
+    serve.add_argument("--metrics-jsonl", type=Path, help="append metrics snapshots here")
+    serve.add_argument("--report-every", type=float, default=10.0, help="seconds between reports")
+    serve.add_argument("--max-action-age-ms", type=float, default=50.0, help="sent in WELCOME")
+    serve.add_argument("--ready-file", type=Path, help="write the bound endpoint here when ready")
+    serve.set_defaults(edge_run=_run_edge_serve)
+    sim = sub.add_parser("run-sim", help="run the simulated controller against a policy server")
+    sim.add_argument("--task", required=True, help="environment id")
+    sim.add_argument("--connect", default="tcp://127.0.0.1:5555", help="server endpoint")
+    sim.add_argument("--episodes", type=int, default=10, help="episodes to run")
+    sim.add_argument("--robot", default="panda", help="robot name")
+    sim.add_argument("--seed", type=int, default=0, help="seed of the first episode")
+    sim.add_argument("--hold-window-ms", type=float, default=20.0, help="hold window (ms)")
+    sim.add_argument("--keys", type=Path, help="CURVE key folder holding this client's keys")
+    sim.add_argument("--client-name", default="controller", help="client key name in --keys")
+    sim.add_argument("--json", action="store_true", help="print the full report as JSON")
+    sim.add_argument("--report-every", type=float, default=5.0, help="seconds between reports")
+    sim.add_argument("--metrics-jsonl", type=Path, help="append the periodic reports here")
+    sim.set_defaults(edge_run=_run_edge_sim)
+    keygen = sub.add_parser("keygen", help="create CURVE keys for a server and its controllers")
+    keygen.add_argument("dir", type=Path, help="key folder")
+    keygen.add_argument("--client", action="append", help="client name (repeatable)")
+    keygen.set_defaults(edge_run=_run_edge_keygen)
+
+
+def run_edge(args: argparse.Namespace) -> int:
+    """Run the chosen edge subcommand; its exit status."""
+    return int(args.edge_run(args))
+
+
+def _run_edge_serve(args: argparse.Namespace) -> int:
+    from factoryfloor.edge_runtime.serve import ServeOptions, serve
+    from factoryfloor.edge_runtime.server import ServerConfig
+
+    if args.policy == "expert":
+        from factoryfloor.policies.served_expert import ExpertServedPolicy
+
+        if not args.task:
+            raise ValueError("--policy expert needs --task, e.g. --task factoryfloor/PickPlace-v0")
+        policy = ExpertServedPolicy(args.task, args.robot)
+    else:
+        from factoryfloor.edge_runtime.bundle import load_bundle
+        from factoryfloor.edge_runtime.served import BundleServedPolicy
+
+        policy = BundleServedPolicy(load_bundle(args.policy))
+    config = ServerConfig(bind=args.bind, max_action_age_ms=args.max_action_age_ms)
+    options = ServeOptions(
+        keys_dir=args.keys, metrics_port=args.metrics_port, metrics_jsonl=args.metrics_jsonl,
+        report_every_s=args.report_every, ready_file=args.ready_file,
+    )  # fmt: skip
+    return serve(policy, config, options)
+
+
+def _run_edge_sim(args: argparse.Namespace) -> int:
+    from factoryfloor.edge_runtime.client import EdgeClient
+    from factoryfloor.sim.edge_controller import run_sim
+
+    client = None
+    if args.keys is not None:
+        import zmq
+
+        from factoryfloor.edge_runtime.auth import secure_client
+
+        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        secure_client(socket, args.keys, args.client_name)
+        socket.connect(args.connect)
+        client = EdgeClient(args.connect, socket)
+
+    def on_report(report: dict[str, object]) -> None:
+        print(_sim_summary(report), flush=True)
+        if args.metrics_jsonl is not None:
+            with open(args.metrics_jsonl, "a", encoding="utf-8") as f:
+                f.write(json.dumps(report, default=str) + "\n")
+
+    report = run_sim(
+        args.task, args.connect, args.episodes, args.robot, args.seed,
+        args.hold_window_ms / 1e3, client, args.report_every, on_report,
+    )  # fmt: skip
+    if args.metrics_jsonl is not None:
+        on_report(report)
+    print(json.dumps(report, default=str) if args.json else _sim_summary(report))
+    return 0 if report["state"] != "FAULT" else 1
+
+
+def _sim_summary(report: dict[str, Any]) -> str:
+    rtt = report["client"]["latency_us"].get("round_trip", {})
+    info, loop = report["controller"], report["loop"]
+    return (
+        f"{info['episodes']} episodes, success rate {info['success_rate']}, state "
+        f"{report['state']} {report['reason']}; round trip p50 {rtt.get('p50')} us "
+        f"p99 {rtt.get('p99')} us; deadline misses {loop['missed']} of {loop['cycles']}; "
+        f"held {report['safety']['held']}"
+    )
+
+
+def _run_edge_keygen(args: argparse.Namespace) -> int:
+    from factoryfloor.edge_runtime.auth import keygen
+
+    for role, path in keygen(args.dir, args.client).items():
+        print(f"{role}: {path}")
+    print(f"server: --keys {args.dir}; give each controller {args.dir}/server.key and its secret")
+    return 0
