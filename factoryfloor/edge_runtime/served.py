@@ -53,12 +53,6 @@ class WireSpec:
         """Hash of the observation and action specs (``docs/protocol.md``)."""
         return schema_sha256(self.observation, self.action)
 
-    def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """Lower and upper action limits, each ``(action_size,)`` float32."""
-        low = np.concatenate([np.ravel(item["low"]) for item in self.action]).astype(np.float32)
-        high = np.concatenate([np.ravel(item["high"]) for item in self.action]).astype(np.float32)
-        return low, high
-
 
 class ServedPolicy(Protocol):
     """A policy the server can serve."""
