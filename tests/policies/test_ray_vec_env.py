@@ -175,3 +175,22 @@ def test_sweep_two_configs_two_seeds_writes_the_summary(local_ray, tmp_path, cap
             assert (Path(trial["run"]) / "evaluations.jsonl").is_file()  # a normal run folder
     assert summary["best"]["name"] in summary["configs"]
     assert "best:" in capsys.readouterr().out
+
+
+def test_sweep_stops_hopeless_trials_early(local_ray, tmp_path):
+    """One config clones the expert (success ~1 from its first evaluation), the other learns
+    from scratch and cannot succeed in 800 steps: ASHA stops its trials before the end."""
+    from factoryfloor.policies.sweep import run_sweep
+
+    grid = {"bc_epochs": [200, 0]}
+    fixed = {
+        "timesteps": 800, "demo_episodes": 100, "bc_batch_size": 64, "bc_learning_rate": 3e-3,
+        "learning_starts": 100, "buffer_size": 5_000, "batch_size": 32, "eval_every_steps": 100,
+        "eval_episodes": 5, "checkpoint_every_steps": 0,
+    }  # fmt: skip
+    summary = run_sweep(REACH, "sac", [0, 1], grid, tmp_path / "sweep", fixed)
+    configs = summary["configs"]
+    cloned = next(r for r in configs.values() if r["config"]["bc_epochs"] == 200)
+    hopeless = next(r for r in configs.values() if r["config"]["bc_epochs"] == 0)
+    assert cloned["mean"] >= 0.8 and summary["best"]["config"]["bc_epochs"] == 200
+    assert any(t["stopped_early"] for t in hopeless["seeds"].values()), hopeless
