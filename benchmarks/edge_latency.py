@@ -210,7 +210,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--loop-seconds", type=float, default=30.0, help="per loop rate (s)")
     parser.add_argument("--samples", type=int, default=20_000, help="back-to-back samples")
-    parser.add_argument("--bare-seconds", type=float, default=5.0, help="paced bare runs (s)")
+    parser.add_argument(
+        "--bare-seconds", type=float, default=30.0, help="paced bare runs per rate (s)"
+    )
     parser.add_argument("--fault-runs", type=int, default=6, help="server kills/stops injected")
     parser.add_argument("--out", type=Path, default=Path("bench_results/edge_latency.json"))
     return parser.parse_args(argv)
