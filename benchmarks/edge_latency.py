@@ -48,6 +48,7 @@ from factoryfloor.edge_runtime.controller import (
 )
 from factoryfloor.edge_runtime.metrics import LatencyStats
 from factoryfloor.edge_runtime.served import bundle_wire_spec
+from factoryfloor.policies.atomic import atomic_write_json
 
 BUNDLE = str(files("factoryfloor.policies") / "pretrained" / "pick_place_panda.ffpolicy")
 RATES_HZ = (100, 250, 500, 1000)
@@ -248,9 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["targets"] = targets(results)
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(results, indent=2) + "\n")
-    tmp_out.replace(args.out)
+    atomic_write_json(args.out, results)
     print(f"wrote {args.out}")
     return 0 if all(t["met"] for t in results["targets"].values()) else 1
 

@@ -16,7 +16,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
 
 from factoryfloor.policies import train as training
+from factoryfloor.policies.atomic import atomic_write_json
 from factoryfloor.policies.ray_vec_env import RayVecEnv
 
 TASK = "factoryfloor/PickPlace-v0"
@@ -172,9 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "projection": proj,
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(args.out)
+    atomic_write_json(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

@@ -94,6 +94,7 @@ class PolicyServer:
         self.by_identity: dict[bytes, int] = {}
         self._errors: dict[bytes, _ErrorBudget] = {}
         self._seq = 0
+        self._next_expiry_s = 0.0
         self.stop_event = threading.Event()
         if socket is None:
             socket = zmq.Context.instance().socket(zmq.ROUTER)
@@ -318,7 +319,12 @@ class PolicyServer:
                 return sid
 
     def _expire_sessions(self) -> None:
-        deadline = time.monotonic() - self.config.session_timeout_s
+        """Close silent sessions; scanned at most once a second (not per message)."""
+        now = time.monotonic()
+        if now < self._next_expiry_s:
+            return
+        self._next_expiry_s = now + 1.0
+        deadline = now - self.config.session_timeout_s
         for session in [s for s in self.sessions.values() if s.last_seen_s < deadline]:
             self._close_session(session, "sessions_expired")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import random
 import uuid
@@ -25,6 +24,10 @@ from typing import Any
 
 import numpy as np
 import torch
+
+# re-exported: run folders and checkpoint files are written through them
+from factoryfloor.policies.atomic import atomic_write as atomic_write
+from factoryfloor.policies.atomic import atomic_write_text as atomic_write_text
 
 MANIFEST = "checkpoint.json"
 FORMAT_VERSION = 1
@@ -48,23 +51,6 @@ class Checkpoint:
     def num_timesteps(self) -> int:
         """Env steps trained when the checkpoint was written."""
         return int(self.manifest["num_timesteps"])
-
-
-def atomic_write(path: Path, write: Writer) -> None:
-    """Write ``path`` through a temporary sibling file, flushed, then ``os.replace``d."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Atomically write a text file (UTF-8)."""
-    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def sha256_of(path: Path) -> str:

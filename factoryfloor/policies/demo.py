@@ -34,6 +34,7 @@ from factoryfloor.edge_runtime.client import EdgeClient
 from factoryfloor.edge_runtime.controller import ControllerRuntime, RuntimeReport
 from factoryfloor.edge_runtime.safety import Decision, State
 from factoryfloor.policies import demo_media
+from factoryfloor.policies.atomic import atomic_write_json
 from factoryfloor.policies.demo_console import Console
 from factoryfloor.sim.edge_controller import SimController
 
@@ -312,16 +313,7 @@ def _write_outputs(
     demo_media.latency_histogram_png(samples, out / "latency_histogram.png")
     successes = [r["success"] for r in controller.results]
     demo_media.success_png(successes, out / "success_per_episode.png")
-    _write_json(out / "metrics.json", metrics)
-
-
-def _write_json(path: Path, data: object) -> None:
-    """Write JSON atomically (temporary file + rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, default=str)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write_json(out / "metrics.json", metrics)
 
 
 __all__ = ["PRETRAINED", "DemoOptions", "resolve_policy", "run_demo"]

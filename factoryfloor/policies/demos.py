@@ -35,7 +35,6 @@ that were skipped), ``factoryfloor_version`` and ``command`` (the command line t
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 from dataclasses import dataclass
@@ -44,6 +43,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
+from factoryfloor.policies.atomic import atomic_write_stream
 
 FORMAT = "factoryfloor-demos"
 FORMAT_VERSION = 1
@@ -85,18 +86,6 @@ def _space_spec(env: gym.Env[Any, Any]) -> tuple[dict[str, Any], dict[str, Any]]
         "high": act_space.high.astype(float).tolist(),
     }
     return obs, act
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _run_episode(env: gym.Env[Any, Any], expert: Any, seed: int) -> dict[str, np.ndarray]:
@@ -185,7 +174,7 @@ def record_demos(
             if only_successful and not success:
                 continue
             name = f"episode_{len(written):05d}.npz"
-            _atomic_write(out / name, lambda f, a=arrays: np.savez_compressed(f, **a))
+            atomic_write_stream(out / name, lambda f, a=arrays: np.savez_compressed(f, **a))
             written.append(
                 {
                     "file": name,
@@ -213,7 +202,7 @@ def record_demos(
         "command": command if command is not None else shlex.join(sys.argv),
     }
     text = json.dumps(index, indent=1) + "\n"
-    _atomic_write(out / INDEX, lambda f: f.write(text.encode("utf-8")))
+    atomic_write_stream(out / INDEX, lambda f: f.write(text.encode("utf-8")))
     return index
 
 

@@ -189,15 +189,21 @@ class RayVecEnv(VecEnv):
         self._last_obs = obs
         return obs, rewards, dones, infos
 
-    def _replace(self, i: int, exc: BaseException) -> tuple[Any, ...]:
-        """A new actor for actor ``i``; its envs end truncated and start afresh."""
+    def _restart(self, i: int, exc: BaseException, during: str, seeds: list[int | None]) -> Any:
+        """Replace dead actor ``i`` (logged, counted) and reset its envs with ``seeds``."""
         self.restarts += 1
         n, s = self.sizes[i], self.starts[i]
-        log.warning("Ray actor %d (envs %d-%d) died (%s); restarting it", i, s, s + n - 1, exc)
+        log.warning("Ray actor %d (envs %d-%d) died %s (%s); restarting it", i, s, s + n - 1,
+                    during, exc)  # fmt: skip
         self.actors[i] = self._remote.remote(self.task, self.env_kwargs, n)
-        seeds = list(range(self._next_restart_seed, self._next_restart_seed + n))
+        return ray.get(self.actors[i].reset.remote(seeds, [{}] * n))
+
+    def _replace(self, i: int, exc: BaseException) -> tuple[Any, ...]:
+        """A new actor for actor ``i`` during a step; its envs end truncated, start afresh."""
+        n, s = self.sizes[i], self.starts[i]
+        seeds: list[int | None] = list(range(self._next_restart_seed, self._next_restart_seed + n))
         self._next_restart_seed += n
-        obs, reset_infos = ray.get(self.actors[i].reset.remote(seeds, [{}] * n))
+        obs, reset_infos = self._restart(i, exc, "during a step", seeds)
         last = self._slice(self._last_obs, s, n)
         infos = [
             {"TimeLimit.truncated": True, "actor_restarted": True,
@@ -210,11 +216,8 @@ class RayVecEnv(VecEnv):
         try:
             return ray.get(ref)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as exc:
-            self.restarts += 1
-            log.warning("Ray actor %d died during reset (%s); restarting it", i, exc)
             n, s = self.sizes[i], self.starts[i]
-            self.actors[i] = self._remote.remote(self.task, self.env_kwargs, n)
-            return ray.get(self.actors[i].reset.remote(self._seeds[s : s + n], [{}] * n))
+            return self._restart(i, exc, "during a reset", self._seeds[s : s + n])
 
     def _concat(self, parts: list[Any]) -> Any:
         if isinstance(parts[0], dict):

@@ -15,13 +15,13 @@ A grid file is YAML mapping TrainConfig fields to lists of values, e.g.::
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from factoryfloor.policies.atomic import atomic_write_json
 from factoryfloor.policies.train_config import ConfigError, load_config, read_yaml
 
 
@@ -132,15 +132,14 @@ def run_sweep(
     results = tuner.fit()
     summary = summarize(results, trials)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(out / "summary.json")
+    atomic_write_json(out / "summary.json", summary)
     return summary
 
 
 def summarize(results: Any, trials: list[dict[str, Any]]) -> dict[str, Any]:
     """Per config: best success rate of each seed's trial, mean +- std; the best config."""
     rows: dict[str, dict[str, Any]] = {}
+    budgets = {t["name"]: _timesteps(t) for t in trials}  # one config load per config
     for result in results:
         trial = result.config["trial"]
         history = result.metrics_dataframe
@@ -149,7 +148,7 @@ def summarize(results: Any, trials: list[dict[str, Any]]) -> dict[str, Any]:
         row = rows.setdefault(trial["name"], {"config": trial["config"], "seeds": {}})
         row["seeds"][str(trial["seed"])] = {
             "best_success_rate": best, "num_timesteps": steps, "run": trial["out"],
-            "stopped_early": steps < _timesteps(trial),
+            "stopped_early": steps < budgets[trial["name"]],
         }  # fmt: skip
     for row in rows.values():
         values = [s["best_success_rate"] for s in row["seeds"].values()]
@@ -159,7 +158,8 @@ def summarize(results: Any, trials: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _timesteps(trial: dict[str, Any]) -> int:
-    return int(load_config(trial["task"], trial["algo"], None, trial["fixed"]).timesteps)
+    overrides = {**trial["config"], **trial["fixed"]}  # as _trial resolves them
+    return int(load_config(trial["task"], trial["algo"], None, overrides).timesteps)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
