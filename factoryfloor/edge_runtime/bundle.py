@@ -269,6 +269,13 @@ class BundlePolicy:
         self.keys = list(manifest["observation"]["keys"])
         self._shapes = {k: tuple(spaces[k]["shape"]) for k in self.keys}
         self.action_shape = tuple(manifest["action"]["shape"])
+        self._columns: list[tuple[slice, tuple[int, ...]]] = []  # each key's columns in act_flat
+        start = 0
+        for key in self.keys:
+            size = int(np.prod(self._shapes[key]))
+            self._columns.append((slice(start, start + size), self._shapes[key]))
+            start += size
+        self.obs_size = start
 
     def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         """The action for one raw env observation (Dict of arrays) -> ``action_shape``."""
@@ -291,6 +298,23 @@ class BundlePolicy:
             inputs.append(np.ascontiguousarray(x))
         actions: np.ndarray = self._runner.run(inputs).reshape(-1, *self.action_shape)
         return actions
+
+    def act_flat(self, flat: np.ndarray) -> np.ndarray:
+        """Actions ``(batch, action_dim)`` for flat float32 observations ``(batch, obs_size)``.
+
+        The columns are the observation keys' values in the bundle's key order (the edge wire
+        order); the runtime's hot path, with no per-key checks beyond the total width.
+        """
+        if flat.ndim != 2 or flat.shape[1] != self.obs_size:
+            raise ValueError(f"flat observations {flat.shape}; expected (batch, {self.obs_size})")
+        if flat.dtype != np.float32:
+            flat = flat.astype(np.float32)
+        batch = len(flat)
+        inputs = [
+            np.ascontiguousarray(flat[:, cols]).reshape(batch, *shape)
+            for cols, shape in self._columns
+        ]
+        return self._runner.run(inputs).reshape(batch, -1)
 
     def reset(self) -> None:
         """Start of an episode (the actor is stateless)."""

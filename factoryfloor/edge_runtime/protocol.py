@@ -116,6 +116,8 @@ _PAYLOAD_LIMITS: dict[MsgType, tuple[int | None, int]] = {
     MsgType.BYE: (0, 0),
 }
 _FLOAT_TYPES = (MsgType.OBSERVATION, MsgType.ACTION)
+_TYPES = {int(t): t for t in MsgType}  # a dict lookup: cheaper than MsgType(value) per frame
+_FLAGS = {int(f): f for f in (Flags.NONE, Flags.EPISODE_START)}  # every combination allowed
 
 
 @dataclass(frozen=True)
@@ -195,10 +197,9 @@ def decode(frame: bytes | bytearray | memoryview, max_size: int | None = None) -
         raise ProtocolError(
             ErrorCode.BAD_VERSION, f"version {version}; this side speaks {PROTOCOL_VERSION}"
         )
-    try:
-        kind = MsgType(mtype)
-    except ValueError:
-        raise ProtocolError(ErrorCode.BAD_TYPE, f"unknown message type {mtype}") from None
+    kind = _TYPES.get(mtype)
+    if kind is None:
+        raise ProtocolError(ErrorCode.BAD_TYPE, f"unknown message type {mtype}")
     if length != len(data) - HEADER.size:
         raise ProtocolError(
             ErrorCode.BAD_LENGTH,
@@ -207,7 +208,7 @@ def decode(frame: bytes | bytearray | memoryview, max_size: int | None = None) -
     _check_payload(kind, length)
     _check_flags(kind, flags)
     payload = data[HEADER.size :]
-    return Message(kind, session, seq, ack, t_send, t_echo, Flags(flags), payload, version)
+    return Message(kind, session, seq, ack, t_send, t_echo, _FLAGS[flags], payload, version)
 
 
 def _check_payload(kind: MsgType, length: int) -> None:

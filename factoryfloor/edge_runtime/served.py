@@ -101,23 +101,12 @@ class BundleServedPolicy:
     def __init__(self, bundle: BundlePolicy) -> None:
         self.bundle = bundle
         self.spec = bundle_wire_spec(bundle.manifest)
-        self._fields: list[tuple[str, slice, tuple[int, ...]]] = []  # name, columns, shape
-        start = 0
-        for item in self.spec.observation:
-            size = int(np.prod(item["shape"]))
-            self._fields.append((item["name"], slice(start, start + size), tuple(item["shape"])))
-            start += size
         # the first inference initialises onnxruntime's kernels (tens of ms): not on a robot's clock
         self.act_batch([0], np.zeros((1, self.spec.obs_size), np.float32))
 
     def act_batch(self, sessions: list[int], obs: np.ndarray) -> np.ndarray:
         """Actions ``(B, action_size)`` for flat observations ``(B, obs_size)``."""
-        flat = np.asarray(obs, dtype=np.float32)
-        batch = {
-            name: flat[:, cols].reshape(len(flat), *shape) for name, cols, shape in self._fields
-        }
-        actions = self.bundle.act_batch(batch)
-        return np.asarray(actions, dtype=np.float32).reshape(len(obs), -1)
+        return self.bundle.act_flat(obs)
 
     def reset(self, session: int) -> None:
         """Stateless: nothing to forget."""
