@@ -310,8 +310,10 @@ class BundlePolicy:
         if flat.dtype != np.float32:
             flat = flat.astype(np.float32)
         batch = len(flat)
+        # column slices go in as they are (both backends take strided arrays); only keys with
+        # more than one axis need a reshape
         inputs = [
-            np.ascontiguousarray(flat[:, cols]).reshape(batch, *shape)
+            flat[:, cols] if len(shape) == 1 else flat[:, cols].reshape(batch, *shape)
             for cols, shape in self._columns
         ]
         return self._runner.run(inputs).reshape(batch, -1)

@@ -132,11 +132,9 @@ class EdgeClient:
 
         ZeroMQ's own poll counts whole milliseconds, too coarse for a 1 kHz loop, and spinning
         would starve the ZeroMQ I/O threads of a small machine; so this waits in ``select`` on
-        the socket's file descriptor. That descriptor is edge-triggered: ``EVENTS`` is checked
-        first, and the caller re-checks for messages after every wake-up.
+        the socket's file descriptor. That descriptor is edge-triggered: callers wait only after
+        ``_recv`` found ``EVENTS`` empty (which re-arms it) and re-check after every wake-up.
         """
-        if int(self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-            return
         select.select([self._fd], [], [], timeout_s)
 
     def _valid_action(self, msg: p.Message) -> np.ndarray | None:

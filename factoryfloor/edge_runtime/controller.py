@@ -21,6 +21,7 @@ import numpy as np
 from factoryfloor.edge_runtime import protocol as p
 from factoryfloor.edge_runtime.client import EdgeClient
 from factoryfloor.edge_runtime.loop import FixedRateLoop
+from factoryfloor.edge_runtime.realtime import realtime_priority
 from factoryfloor.edge_runtime.safety import Decision, SafetyConfig, SafetyLayer, State
 
 
@@ -111,6 +112,8 @@ class ControllerRuntime:
         name: Controller name sent in HELLO.
         loop_rate_hz: Loop rate (Hz); None runs at the description's control rate. Another
             rate is for timing studies of stateless policies (HELLO still states the policy's).
+        rt_priority: Run ``run``'s loop under ``SCHED_FIFO`` at this priority (1..99), as a real
+            controller would; None keeps the default scheduler (``realtime.py``).
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class ControllerRuntime:
         max_change: np.ndarray | None = None,
         name: str = "controller",
         loop_rate_hz: float | None = None,
+        rt_priority: int | None = None,
     ) -> None:
         self.controller, self.client = controller, client
         desc = controller.description
@@ -139,6 +143,7 @@ class ControllerRuntime:
         )
         self.loop = FixedRateLoop(self.rate_hz)
         self.model_sha256, self.name = model_sha256, name
+        self.rt_priority = rt_priority
         self.last_fresh_s: float | None = None  # when the last fresh action was applied
         self.standstill_at_s: float | None = None  # when the robot stood still after braking
 
@@ -181,14 +186,15 @@ class ControllerRuntime:
         """
         cycles = 0
         next_report = time.monotonic() + (report_every_s or float("inf"))
-        while max_cycles is None or cycles < max_cycles:
-            cycles += 1
-            decision = self.cycle()
-            if decision.state is State.FAULT or self.controller.status().finished:
-                break
-            if on_report is not None and time.monotonic() >= next_report:
-                next_report += report_every_s or float("inf")
-                on_report(self.report(cycles))
+        with realtime_priority(self.rt_priority):
+            while max_cycles is None or cycles < max_cycles:
+                cycles += 1
+                decision = self.cycle()
+                if decision.state is State.FAULT or self.controller.status().finished:
+                    break
+                if on_report is not None and time.monotonic() >= next_report:
+                    next_report += report_every_s or float("inf")
+                    on_report(self.report(cycles))
         return self.report(cycles)
 
     def cycle(self) -> Decision:

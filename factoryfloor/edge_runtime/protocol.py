@@ -12,9 +12,8 @@ import hashlib
 import json
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -120,9 +119,8 @@ _TYPES = {int(t): t for t in MsgType}  # a dict lookup: cheaper than MsgType(val
 _FLAGS = {int(f): f for f in (Flags.NONE, Flags.EPISODE_START)}  # every combination allowed
 
 
-@dataclass(frozen=True)
-class Message:
-    """One decoded frame.
+class Message(NamedTuple):
+    """One decoded frame (immutable; a named tuple because the hot path builds one per frame).
 
     Attributes:
         type: Message type.
@@ -155,20 +153,29 @@ def encode(msg: Message) -> bytes:
     """
     _check_payload(msg.type, len(msg.payload))
     _check_flags(msg.type, int(msg.flags))
-    for name, value, top in (
-        ("session_id", msg.session_id, _U32),
-        ("seq", msg.seq, _U64),
-        ("ack_seq", msg.ack_seq, _U64),
-        ("t_send_ns", msg.t_send_ns, _U64),
-        ("t_echo_ns", msg.t_echo_ns, _U64),
-    ):
-        if not 0 <= value <= top:
-            raise ProtocolError(ErrorCode.BAD_LENGTH, f"{name}={value} outside [0, {top}]")
-    header = HEADER.pack(
-        MAGIC, msg.version, int(msg.type), int(msg.flags), len(msg.payload), msg.session_id,
-        msg.seq, msg.ack_seq, msg.t_send_ns, msg.t_echo_ns,
-    )  # fmt: skip
+    try:
+        header = HEADER.pack(
+            MAGIC, msg.version, int(msg.type), int(msg.flags), len(msg.payload), msg.session_id,
+            msg.seq, msg.ack_seq, msg.t_send_ns, msg.t_echo_ns,
+        )  # fmt: skip
+    except struct.error:  # a field out of its unsigned range: say which
+        raise _field_error(msg) from None
     return header + msg.payload
+
+
+def _field_error(msg: Message) -> ProtocolError:
+    for name, top in (
+        ("version", 255),
+        ("session_id", _U32),
+        ("seq", _U64),
+        ("ack_seq", _U64),
+        ("t_send_ns", _U64),
+        ("t_echo_ns", _U64),
+    ):
+        value = getattr(msg, name)
+        if not (isinstance(value, int) and 0 <= value <= top):
+            return ProtocolError(ErrorCode.BAD_LENGTH, f"{name}={value!r} outside [0, {top}]")
+    return ProtocolError(ErrorCode.BAD_LENGTH, "a header field cannot be packed")
 
 
 def decode(frame: bytes | bytearray | memoryview, max_size: int | None = None) -> Message:

@@ -34,6 +34,11 @@ def configure_edge(p: argparse.ArgumentParser) -> None:
     sim.add_argument("--robot", default="panda", help="robot name")
     sim.add_argument("--seed", type=int, default=0, help="seed of the first episode")
     sim.add_argument("--hold-window-ms", type=float, default=20.0, help="hold window (ms)")
+    sim.add_argument(
+        "--rt-priority",
+        type=int,
+        help="run the control loop under SCHED_FIFO at this priority (1-99; needs CAP_SYS_NICE)",
+    )
     sim.add_argument("--keys", type=Path, help="CURVE key folder holding this client's keys")
     sim.add_argument("--client-name", default="controller", help="client key name in --keys")
     sim.add_argument("--json", action="store_true", help="print the full report as JSON")
@@ -98,7 +103,7 @@ def _run_edge_sim(args: argparse.Namespace) -> int:
 
     report = run_sim(
         args.task, args.connect, args.episodes, args.robot, args.seed,
-        args.hold_window_ms / 1e3, client, args.report_every, on_report,
+        args.hold_window_ms / 1e3, client, args.report_every, on_report, args.rt_priority,
     )  # fmt: skip
     if args.metrics_jsonl is not None:
         on_report(report)

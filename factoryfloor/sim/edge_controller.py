@@ -166,6 +166,7 @@ def run_sim(
     client: EdgeClient | None = None,
     report_every_s: float | None = None,
     on_report: Callable[[dict[str, Any]], None] | None = None,
+    rt_priority: int | None = None,
 ) -> dict[str, Any]:
     """Run ``episodes`` episodes of ``task_id`` in real time against the server at ``connect``.
 
@@ -179,6 +180,7 @@ def run_sim(
         client: A configured client (e.g. with CURVE keys); None connects a plain one.
         report_every_s: Call ``on_report`` with the runtime report (a dict) this often (s).
         on_report: Receives the periodic reports.
+        rt_priority: ``SCHED_FIFO`` priority of the control loop (None: default scheduler).
 
     Returns:
         The runtime report as a dict, with the episodes' results.
@@ -186,7 +188,9 @@ def run_sim(
     controller = SimController(task_id, robot, episodes, seed)
     client = client or EdgeClient(connect)
     try:
-        runtime = ControllerRuntime(controller, client, hold_window_s, name=f"sim-{robot}")
+        runtime = ControllerRuntime(
+            controller, client, hold_window_s, name=f"sim-{robot}", rt_priority=rt_priority
+        )
         welcome = runtime.rearm()
         forward = (lambda r: on_report(asdict(r))) if on_report is not None else None
         report = asdict(runtime.run(None, report_every_s, forward))

@@ -1,0 +1,87 @@
+"""Real-time scheduling of the control loop: SCHED_FIFO inside the block, restored after, a clear
+error with the fix when the system refuses, and ControllerRuntime.run under it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from edge_helpers import LinearPolicy, running_server
+from test_runtime import RecordingRobot
+
+from factoryfloor.edge_runtime import realtime
+from factoryfloor.edge_runtime.client import EdgeClient
+from factoryfloor.edge_runtime.controller import ControllerRuntime
+from factoryfloor.edge_runtime.protocol import EdgeError
+
+
+def _fifo_allowed() -> bool:
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except PermissionError:
+        return False
+    os.sched_setscheduler(0, *before)
+    return True
+
+
+needs_fifo = pytest.mark.skipif(
+    not _fifo_allowed(), reason="this machine refuses SCHED_FIFO (no CAP_SYS_NICE)"
+)
+
+
+def test_the_default_scheduler_is_reported_and_none_changes_nothing():
+    assert realtime.scheduling_policy() == "SCHED_OTHER"
+    with realtime.realtime_priority(None):
+        assert realtime.scheduling_policy() == "SCHED_OTHER"
+
+
+@needs_fifo
+def test_fifo_inside_the_block_and_the_old_policy_after_it():
+    with realtime.realtime_priority(7):
+        assert realtime.scheduling_policy() == "SCHED_FIFO 7"
+    assert realtime.scheduling_policy() == "SCHED_OTHER"
+
+
+@needs_fifo
+def test_the_old_policy_comes_back_when_the_block_raises():
+    with pytest.raises(KeyError), realtime.realtime_priority(3):
+        raise KeyError("boom")
+    assert realtime.scheduling_policy() == "SCHED_OTHER"
+
+
+def test_a_priority_out_of_range_says_the_range():
+    with pytest.raises(ValueError, match=r"1\.\.99"):
+        realtime.set_realtime_priority(0)
+    assert realtime.scheduling_policy() == "SCHED_OTHER"
+
+
+def test_a_refused_priority_says_how_to_allow_it(monkeypatch):
+    def refuse(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    with pytest.raises(EdgeError, match="CAP_SYS_NICE") as info:
+        realtime.set_realtime_priority(80)
+    assert "ulimit -r" in str(info.value) and "without a real-time priority" in str(info.value)
+
+
+@needs_fifo
+def test_the_controller_loop_runs_under_fifo_and_gives_it_back():
+    seen: list[str] = []
+
+    class Robot(RecordingRobot):
+        def apply_action(self, action):
+            seen.append(realtime.scheduling_policy())
+            super().apply_action(action)
+
+    robot = Robot()
+    with running_server(LinearPolicy()) as server:
+        client = EdgeClient(server.endpoint)
+        runtime = ControllerRuntime(robot, client, hold_window_s=0.02, rt_priority=11)
+        runtime.rearm()
+        report = runtime.run(max_cycles=20)
+        client.close()
+    assert report.state == "RUNNING" and len(seen) >= 15
+    assert set(seen) == {"SCHED_FIFO 11"}
+    assert realtime.scheduling_policy() == "SCHED_OTHER"
