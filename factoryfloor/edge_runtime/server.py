@@ -88,6 +88,7 @@ class PolicyServer:
     ) -> None:
         self.policy, self.config = policy, config
         self.spec = policy.spec
+        self._observation_frame_bytes = p.HEADER.size + 4 * self.spec.obs_size
         self.metrics = Metrics("server")
         self.sessions: dict[int, Session] = {}
         self.by_identity: dict[bytes, int] = {}
@@ -136,6 +137,10 @@ class PolicyServer:
         except zmq.Again:
             self._expire_sessions()
             return 0
+        sent = self._answer_alone(frames)
+        if sent is not None:
+            self._expire_sessions()
+            return sent
         inbox: _Inbox = {}
         self._handle(frames, inbox)
         socket, received = self.socket, 1
@@ -148,6 +153,41 @@ class PolicyServer:
         sent = self._answer(inbox) if inbox else 0
         self._expire_sessions()
         return sent
+
+    def _answer_alone(self, frames: list[bytes]) -> int | None:
+        """Answer the common case on its shortest path (actions sent), or None: not handled.
+
+        The common case: a well-formed OBSERVATION of a live session, newer than its last, with
+        finite values, and no other frame waiting. It gets what ``_on_observation`` and
+        ``_answer`` would give it (same checks, counters, reset, reply) in fewer Python calls:
+        on a small machine each call costs microseconds of cache misses between two cycles.
+        Everything else returns None, having changed nothing, and takes the general path.
+        """
+        if len(frames) != 2 or len(frames[1]) != self._observation_frame_bytes:
+            return None
+        try:
+            msg = p.decode(frames[1])
+        except p.ProtocolError:
+            return None
+        session = self.sessions.get(msg.session_id)
+        if (
+            msg.type is not p.MsgType.OBSERVATION
+            or session is None
+            or session.identity != frames[0]
+            or msg.seq <= session.last_seq
+            or session.pending is not None
+            or self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN
+        ):
+            return None
+        obs = np.frombuffer(msg.payload, "<f4").reshape(1, -1)
+        if not np.isfinite(obs).all():
+            return None
+        session.last_seq, session.last_seen_s = msg.seq, time.monotonic()
+        if int(msg.flags) & _EPISODE_START or session.reset_pending:
+            self.policy.reset(session.session_id)
+            session.reset_pending = False
+        self.metrics.count("frames_received")
+        return self._infer_and_send([(session, msg)], obs)
 
     def _handle(self, frames: list[bytes], inbox: _Inbox) -> None:
         identity = frames[0]
@@ -272,6 +312,10 @@ class PolicyServer:
             if session.reset_pending:
                 self.policy.reset(session.session_id)
                 session.reset_pending = False
+        return self._infer_and_send(requests, obs)
+
+    def _infer_and_send(self, requests: list[tuple[Session, p.Message]], obs: np.ndarray) -> int:
+        """One inference call for ``obs`` (one row per request); one ACTION per request."""
         t0 = time.perf_counter()
         try:
             actions = self.policy.act_batch([s.session_id for s, _ in requests], obs)

@@ -201,3 +201,43 @@ def test_non_finite_observations_get_no_action_and_a_failing_policy_an_internal_
         client.send_observation(np.ones(6, np.float32))
         assert client.receive_action(1.0) is not None
         client.close()
+
+
+def test_a_lone_observation_takes_the_short_path_and_gets_what_the_general_path_gives():
+    """``_answer_alone`` (one observation, nothing else waiting) and the drain-and-batch path
+    answer alike: same action, acknowledged sequence, echoed time, reset and counters."""
+    from factoryfloor.edge_runtime.server import PolicyServer, ServerConfig
+
+    answers, counters = {}, {}
+    for short in (True, False):
+        policy = LinearPolicy()
+        server = PolicyServer(policy, ServerConfig(bind="tcp://127.0.0.1:0"))  # type: ignore[arg-type]
+        if not short:
+            server._answer_alone = lambda frames: None  # every frame takes the general path
+        general_calls: list[int] = []
+        general = server._answer
+        server._answer = lambda inbox, c=general_calls, g=general: c.append(1) or g(inbox)
+        peer = RawPeer(server.endpoint)
+        peer.send(p.encode(p.Message(p.MsgType.HELLO, seq=1, payload=p.encode_json(hello()))))
+        server.run_once(1000)
+        sid = peer.recv().session_id
+        obs = p.encode_floats(np.arange(6, dtype=np.float32))
+        msg = p.Message(p.MsgType.OBSERVATION, sid, 2, 0, 123, 0, p.Flags.EPISODE_START, obs)
+        peer.send(p.encode(msg))
+        time.sleep(0.05)  # arrived whole before the server looks
+        assert server.run_once(1000) == 1
+        reply = peer.recv()
+        answers[short] = (reply.type, reply.ack_seq, reply.t_echo_ns, reply.payload)
+        counters[short] = {
+            k: server.metrics.counters[k] for k in ("frames_received", "batches", "actions_sent")
+        }
+        assert policy.resets == [sid] and policy.batches == [[sid]]
+        assert len(general_calls) == (0 if short else 1)
+        peer.close()
+        server.close()
+    assert answers[True] == answers[False]
+    assert answers[True][:3] == (p.MsgType.ACTION, 2, 123)
+    assert np.allclose(p.decode_floats(answers[True][3], 2), [0.0, 0.1])
+    assert counters[True] == counters[False] == {
+        "frames_received": 2, "batches": 1, "actions_sent": 1,
+    }  # fmt: skip
