@@ -316,7 +316,8 @@ class BundlePolicy:
             flat[:, cols] if len(shape) == 1 else flat[:, cols].reshape(batch, *shape)
             for cols, shape in self._columns
         ]
-        return self._runner.run(inputs).reshape(batch, -1)
+        actions: np.ndarray = self._runner.run(inputs).reshape(batch, -1)
+        return actions
 
     def reset(self) -> None:
         """Start of an episode (the actor is stateless)."""

@@ -172,7 +172,7 @@ class EdgeClient:
         Asks ``EVENTS`` before receiving: cheaper than raising and catching ``zmq.Again``.
         """
         socket = self.socket
-        while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while int(socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             frame = socket.recv(zmq.NOBLOCK)
             try:
                 return p.decode(frame)

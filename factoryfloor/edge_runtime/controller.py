@@ -21,7 +21,7 @@ import numpy as np
 from factoryfloor.edge_runtime import protocol as p
 from factoryfloor.edge_runtime.client import EdgeClient
 from factoryfloor.edge_runtime.loop import FixedRateLoop
-from factoryfloor.edge_runtime.realtime import realtime_priority
+from factoryfloor.edge_runtime.realtime import check_priority, realtime_priority
 from factoryfloor.edge_runtime.safety import Decision, SafetyConfig, SafetyLayer, State
 
 
@@ -143,6 +143,8 @@ class ControllerRuntime:
         )
         self.loop = FixedRateLoop(self.rate_hz)
         self.model_sha256, self.name = model_sha256, name
+        if rt_priority is not None:
+            check_priority(rt_priority)  # a bad value fails here, not after the handshake
         self.rt_priority = rt_priority
         self.last_fresh_s: float | None = None  # when the last fresh action was applied
         self.standstill_at_s: float | None = None  # when the robot stood still after braking

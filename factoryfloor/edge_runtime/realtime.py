@@ -27,6 +27,20 @@ HOW_TO_ALLOW = (
 )
 
 
+def check_priority(priority: int) -> None:
+    """Refuse a priority this system cannot give, before anything starts.
+
+    Raises:
+        ValueError: For a priority outside the system's ``SCHED_FIFO`` range.
+        EdgeError: On a system without ``SCHED_FIFO`` (not Linux).
+    """
+    if not hasattr(os, "sched_setscheduler"):
+        raise EdgeError("real-time priorities need Linux (os.sched_setscheduler)")
+    low, high = os.sched_get_priority_min(os.SCHED_FIFO), os.sched_get_priority_max(os.SCHED_FIFO)
+    if not low <= priority <= high:
+        raise ValueError(f"real-time priority {priority}: use {low}..{high} (e.g. 80)")
+
+
 def set_realtime_priority(priority: int) -> None:
     """Put the calling thread under ``SCHED_FIFO`` at ``priority`` (1..99), for good.
 
@@ -34,11 +48,7 @@ def set_realtime_priority(priority: int) -> None:
         ValueError: For a priority outside the system's ``SCHED_FIFO`` range.
         EdgeError: When the system refuses (with how to allow it) or is not Linux.
     """
-    if not hasattr(os, "sched_setscheduler"):
-        raise EdgeError("real-time priorities need Linux (os.sched_setscheduler)")
-    low, high = os.sched_get_priority_min(os.SCHED_FIFO), os.sched_get_priority_max(os.SCHED_FIFO)
-    if not low <= priority <= high:
-        raise ValueError(f"real-time priority {priority}: use {low}..{high} (e.g. 80)")
+    check_priority(priority)
     policy = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
     try:
         os.sched_setscheduler(0, policy, os.sched_param(priority))

@@ -145,7 +145,7 @@ class PolicyServer:
         self._handle(frames, inbox)
         socket, received = self.socket, 1
         while received < self.config.max_frames_per_drain and (
-            socket.getsockopt(zmq.EVENTS) & zmq.POLLIN
+            int(socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN
         ):
             self._handle(socket.recv_multipart(zmq.NOBLOCK), inbox)
             received += 1
@@ -176,7 +176,7 @@ class PolicyServer:
             or session.identity != frames[0]
             or msg.seq <= session.last_seq
             or session.pending is not None
-            or self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN
+            or int(self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN
         ):
             return None
         obs = np.frombuffer(msg.payload, "<f4").reshape(1, -1)

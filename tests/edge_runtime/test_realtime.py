@@ -85,3 +85,21 @@ def test_the_controller_loop_runs_under_fifo_and_gives_it_back():
     assert report.state == "RUNNING" and len(seen) >= 15
     assert set(seen) == {"SCHED_FIFO 11"}
     assert realtime.scheduling_policy() == "SCHED_OTHER"
+
+
+def test_a_bad_priority_is_refused_when_the_runtime_is_made_not_after_the_handshake():
+    client = EdgeClient("tcp://127.0.0.1:9")  # nothing listens: a handshake would time out
+    with pytest.raises(ValueError, match=r"use 1\.\.99"):
+        ControllerRuntime(RecordingRobot(), client, rt_priority=100)
+    client.close()
+
+
+def test_run_sim_cli_says_what_priorities_are_allowed(capsys):
+    from factoryfloor.cli import main
+
+    code = main([
+        "edge", "run-sim", "--task", "factoryfloor/Reach-v0", "--connect",
+        "tcp://127.0.0.1:9", "--episodes", "1", "--rt-priority", "0",
+    ])  # fmt: skip
+    assert code == 2
+    assert "real-time priority 0: use 1..99" in capsys.readouterr().err
