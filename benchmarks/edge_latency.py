@@ -55,7 +55,7 @@ from factoryfloor.edge_runtime.controller import (
     RobotController,
     RobotDescription,
 )
-from factoryfloor.edge_runtime.loop import LoopStats
+from factoryfloor.edge_runtime.loop import FixedRateLoop, LoopStats
 from factoryfloor.edge_runtime.metrics import LatencyStats
 from factoryfloor.edge_runtime.realtime import scheduling_policy, set_realtime_priority
 from factoryfloor.edge_runtime.served import bundle_wire_spec
@@ -63,6 +63,7 @@ from factoryfloor.policies.atomic import atomic_write_json
 
 BUNDLE = str(files("factoryfloor.policies") / "pretrained" / "pick_place_panda.ffpolicy")
 RATES_HZ = (100, 250, 500, 1000)
+WARM_UP = 50  # calls or cycles after each start that are not measured, on both sides alike
 ECHO_SERVER = """
 import sys, zmq
 ctx = zmq.Context(); s = ctx.socket(zmq.ROUTER); s.setsockopt(zmq.LINGER, 0)
@@ -111,16 +112,16 @@ def description(bundle_path: str) -> tuple[RobotDescription, int, int]:
 def paced(period_s: float, n: int, call: Any, stats: LatencyStats | None = None) -> LatencyStats:
     """Durations of ``call()`` made ``n`` times, once per ``period_s`` (0: back to back).
 
-    The first 50 calls warm up and are not recorded; samples go into ``stats`` when given.
+    The first ``WARM_UP`` calls are not recorded; samples go into ``stats`` when given.
     """
     stats, due = stats or LatencyStats(window=1_000_000), time.monotonic()
-    for i in range(n + 50):
+    for i in range(n + WARM_UP):
         due += period_s
         if period_s:
             time.sleep(max(0.0, due - time.monotonic()))
         t0 = time.perf_counter()
         call()
-        if i >= 50:
+        if i >= WARM_UP:
             stats.add(time.perf_counter() - t0)
     return stats
 
@@ -211,6 +212,11 @@ def proc_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _round_trip_samples(client: EdgeClient) -> list[float]:
+    stats = client.metrics.latencies.get("round_trip")
+    return list(stats.samples) if stats is not None else []
+
+
 def run_loop(
     endpoint: str,
     rate_hz: float,
@@ -223,7 +229,8 @@ def run_loop(
 
     With ``rounds`` > 1 the cycles are cut into that many rounds, each a fresh session (``rearm``)
     and a continuous loop, and ``between()`` runs before each round: the bare peers measured in
-    between see the same machine conditions as the runtime. Loop figures are pooled.
+    between see the same machine conditions as the runtime. The first ``WARM_UP`` cycles of each
+    round are not measured (as the bare peers' first calls are not). Loop figures are pooled.
     """
     desc, obs_size, _ = description(BUNDLE)
     robot = StandInRobot(desc, np.zeros(obs_size, np.float32))
@@ -232,11 +239,17 @@ def run_loop(
         robot, client, hold_window_s=0.02, loop_rate_hz=rate_hz, rt_priority=rt_priority or None
     )
     pooled, lateness, held, states = LoopStats(), LatencyStats(window=1_000_000), 0, []
+    round_trips = LatencyStats(window=1_000_000)
     for _ in range(rounds):
         if between is not None:
             between()
         runtime.rearm()  # a fresh session, safety state and due-time grid after the pause
+        runtime.run(max_cycles=WARM_UP)  # not measured, like the bare peers' first calls
+        runtime.loop = FixedRateLoop(rate_hz)  # fresh loop figures; no pause, so no miss
+        seen = _round_trip_samples(client)
         report = runtime.run(max_cycles=int(rate_hz * seconds / rounds))
+        for sample in _round_trip_samples(client)[len(seen) :]:
+            round_trips.add(sample)
         stats = runtime.loop.stats
         pooled.cycles += stats.cycles
         pooled.overruns += stats.overruns
@@ -259,7 +272,7 @@ def run_loop(
         "miss_rate": pooled.miss_rate,
         "longest_miss_run": pooled.longest_miss_run,
         "lateness_us": lateness.summary_us(),
-        "round_trip_us": client.metrics.snapshot()["latency_us"].get("round_trip", {}),
+        "round_trip_us": round_trips.summary_us(),
         "held": held,
     }
 
