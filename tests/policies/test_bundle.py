@@ -101,6 +101,20 @@ def test_both_backends_agree_with_each_other(exported, observations):
     assert np.all(np.abs(a) <= 1.0)
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "numpy"])
+def test_act_flat_on_wire_order_rows_equals_act_batch(exported, observations, backend):
+    """The edge server's path: one float32 row per robot, keys concatenated in bundle order."""
+    policy = bd.load_bundle(exported[0], backend=backend)
+    flat = np.concatenate([observations[k].reshape(200, -1) for k in policy.keys], axis=1)
+    assert flat.shape == (200, policy.obs_size)
+    np.testing.assert_array_equal(policy.act_flat(flat), policy.act_batch(observations))
+    np.testing.assert_array_equal(policy.act_flat(flat[5:6]), policy.act_batch(
+        {k: v[5:6] for k, v in observations.items()}
+    ))  # fmt: skip
+    with pytest.raises(ValueError, match=f"expected \\(batch, {policy.obs_size}\\)"):
+        policy.act_flat(flat[:, :-1])
+
+
 def test_bundle_matches_the_sb3_model_on_fresh_observations(exported, run_dir, observations):
     model, vecnorm, _, _ = ex.load_run_model(run_dir, "best")
     for backend in ("onnxruntime", "numpy"):
