@@ -110,12 +110,12 @@ def description(bundle_path: str) -> tuple[RobotDescription, int, int]:
     return desc, spec.obs_size, spec.action_size
 
 
-def paced(period_s: float, n: int, call: Any, stats: LatencyStats | None = None) -> LatencyStats:
-    """Durations of ``call()`` made ``n`` times, once per ``period_s`` (0: back to back).
+def paced(period_s: float, n: int, call: Any, stats: LatencyStats) -> None:
+    """Add to ``stats`` the durations of ``call()`` made ``n`` times, once per ``period_s``.
 
-    The first ``WARM_UP`` calls are not recorded; samples go into ``stats`` when given.
+    ``period_s`` 0 calls back to back; the first ``WARM_UP`` calls are not recorded.
     """
-    stats, due = stats or LatencyStats(window=1_000_000), time.monotonic()
+    due = time.monotonic()
     for i in range(n + WARM_UP):
         due += period_s
         if period_s:
@@ -124,7 +124,6 @@ def paced(period_s: float, n: int, call: Any, stats: LatencyStats | None = None)
         call()
         if i >= WARM_UP:
             stats.add(time.perf_counter() - t0)
-    return stats
 
 
 class BarePeers:
@@ -172,6 +171,7 @@ class BarePeers:
 
 
 def _stats() -> LatencyStats:
+    """Statistics that keep every sample of a run (percentiles over all of them)."""
     return LatencyStats(window=1_000_000)
 
 
@@ -239,8 +239,7 @@ def run_loop(
     runtime = ControllerRuntime(
         robot, client, hold_window_s=0.02, loop_rate_hz=rate_hz, rt_priority=rt_priority or None
     )
-    pooled, lateness, held, states = LoopStats(), LatencyStats(window=1_000_000), 0, []
-    round_trips = LatencyStats(window=1_000_000)
+    pooled, lateness, round_trips, held, states = LoopStats(), _stats(), _stats(), 0, []
     for _ in range(rounds):
         if between is not None:
             between()

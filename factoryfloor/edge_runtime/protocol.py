@@ -116,7 +116,7 @@ _PAYLOAD_LIMITS: dict[MsgType, tuple[int | None, int]] = {
 }
 _FLOAT_TYPES = (MsgType.OBSERVATION, MsgType.ACTION)
 _TYPES = {int(t): t for t in MsgType}  # a dict lookup: cheaper than MsgType(value) per frame
-_FLAGS = {int(f): f for f in (Flags.NONE, Flags.EPISODE_START)}  # every combination allowed
+_FLAGS = {v: Flags(v) for v in range(2 * int(max(Flags)))}  # every combination of the bits
 
 
 class Message(NamedTuple):
