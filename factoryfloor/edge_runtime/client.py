@@ -57,6 +57,8 @@ class EdgeClient:
         self.max_age_ns = 0
         self._seq = 0
         self._last_ack = 0
+        self._observations: p.StreamCodec | None = None  # this session's frame codecs
+        self._actions: p.StreamCodec | None = None
         self.last_round_trip_s: float | None = None  # of the last action accepted
 
     def handshake(self, hello: dict[str, Any], timeout_s: float = 2.0) -> dict[str, Any]:
@@ -66,6 +68,7 @@ class EdgeClient:
             HandshakeError: On an ERROR answer (its code and text) or no answer in time.
         """
         self.session_id, self._seq, self._last_ack = 0, 0, 0
+        self._observations = self._actions = None
         self._drain()
         hello_seq = self._send(p.MsgType.HELLO, p.encode_json(hello))
         deadline = time.monotonic() + timeout_s
@@ -91,13 +94,28 @@ class EdgeClient:
             raise HandshakeError("WELCOME's session_id disagrees with its header")
         self.welcome = welcome
         self.action_size = sum(int(np.prod(a["shape"])) for a in welcome["action"])
+        obs_size = sum(int(np.prod(o["shape"])) for o in welcome["observation"])
         self.max_age_ns = int(float(welcome["max_action_age_ms"]) * 1e6)
+        sid = self.session_id
+        self._observations = p.StreamCodec(p.MsgType.OBSERVATION, sid, obs_size)
+        self._actions = p.StreamCodec(p.MsgType.ACTION, sid, self.action_size)
         return welcome
 
     def send_observation(self, values: np.ndarray, episode_start: bool = False) -> int:
-        """Send one OBSERVATION (flat float32 in spec order); returns its sequence number."""
-        flags = p.Flags.EPISODE_START if episode_start else p.Flags.NONE
-        return self._send(p.MsgType.OBSERVATION, p.encode_floats(values), flags)
+        """Send one OBSERVATION (flat float32 in spec order); returns its sequence number.
+
+        Values of the size the session's spec has go out through its ``StreamCodec``; others
+        (for the server to refuse and count) through the general encoder.
+        """
+        payload = p.encode_floats(values)
+        codec = self._observations
+        if codec is None or len(payload) != codec.payload_bytes:
+            flags = p.Flags.EPISODE_START if episode_start else p.Flags.NONE
+            return self._send(p.MsgType.OBSERVATION, payload, flags)
+        self._seq += 1
+        frame = codec.encode(self._seq, 0, time.monotonic_ns(), 0, payload, int(episode_start))
+        self._send_frame(frame)
+        return self._seq
 
     def send_bye(self) -> None:
         """End the session."""
@@ -116,8 +134,8 @@ class EdgeClient:
         deadline = time.monotonic() + timeout_s
         best: np.ndarray | None = None
         while True:
-            while (msg := self._recv()) is not None:
-                action = self._valid_action(msg)
+            while (frame := self._recv_frame()) is not None:
+                action = self._action_of(frame)
                 if action is not None:
                     best = action
                     if self._last_ack >= self._seq:  # nothing newer can come: done
@@ -137,6 +155,23 @@ class EdgeClient:
         """
         select.select([self._fd], [], [], timeout_s)
 
+    def _action_of(self, frame: bytes) -> np.ndarray | None:
+        """The action of a frame if it is a valid ACTION of this session (counted if not).
+
+        A frame the session's ``StreamCodec`` recognises skips the general decode; its fields
+        then get the same checks.
+        """
+        codec = self._actions
+        if codec is not None and codec.flags_of(frame) is not None:
+            _, ack_seq, _, t_echo_ns = p.TAIL.unpack_from(frame, p.FIXED_HEAD)
+            return self._fresh_action(ack_seq, t_echo_ns, frame, p.HEADER.size)
+        try:
+            msg = p.decode(frame)
+        except p.ProtocolError as exc:
+            self.metrics.count(f"malformed_{exc.code.name.lower()}")
+            return None
+        return self._valid_action(msg)
+
     def _valid_action(self, msg: p.Message) -> np.ndarray | None:
         if msg.type is p.MsgType.ERROR:
             code, _ = p.decode_error(msg.payload)
@@ -148,32 +183,45 @@ class EdgeClient:
         if msg.session_id != self.session_id or not self.session_id:
             self.metrics.count("actions_other_session")
             return None
-        if msg.ack_seq <= self._last_ack or msg.ack_seq > self._seq:
+        return self._fresh_action(msg.ack_seq, msg.t_echo_ns, msg.payload, 0)
+
+    def _fresh_action(
+        self, ack_seq: int, t_echo_ns: int, data: bytes, offset: int
+    ) -> np.ndarray | None:
+        """The action at ``data[offset:]``, or None (counted) when it is stale or too old.
+
+        Also None when the payload is not the action spec's size.
+        """
+        if ack_seq <= self._last_ack or ack_seq > self._seq:
             self.metrics.count("actions_stale_or_replayed")  # duplicated, reordered, replayed
             return None
-        age_ns = time.monotonic_ns() - msg.t_echo_ns
+        age_ns = time.monotonic_ns() - t_echo_ns
         self.metrics.observe("round_trip", age_ns / 1e9)
         if age_ns > self.max_age_ns or age_ns < 0:
             self.metrics.count("actions_too_old")
             return None
-        try:
-            action = p.decode_floats(msg.payload, self.action_size)
-        except p.ProtocolError:
+        if len(data) - offset != 4 * self.action_size:
             self.metrics.count("actions_wrong_size")
             return None
-        self._last_ack = msg.ack_seq
+        action = np.frombuffer(data, "<f4", self.action_size, offset).astype(np.float32)
+        self._last_ack = ack_seq
         self.last_round_trip_s = age_ns / 1e9
         self.metrics.count("actions_accepted")
         return action
 
-    def _recv(self) -> p.Message | None:
-        """One decoded frame, or None when the queue is empty (malformed frames are counted).
+    def _recv_frame(self) -> bytes | None:
+        """One frame, or None when the queue is empty.
 
         Asks ``EVENTS`` before receiving: cheaper than raising and catching ``zmq.Again``.
         """
         socket = self.socket
-        while int(socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-            frame = socket.recv(zmq.NOBLOCK)
+        if int(socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            return socket.recv(zmq.NOBLOCK)
+        return None
+
+    def _recv(self) -> p.Message | None:
+        """One decoded frame, or None when the queue is empty (malformed frames are counted)."""
+        while (frame := self._recv_frame()) is not None:
             try:
                 return p.decode(frame)
             except p.ProtocolError as exc:
@@ -187,11 +235,14 @@ class EdgeClient:
     def _send(self, kind: p.MsgType, payload: bytes, flags: p.Flags = p.Flags.NONE) -> int:
         self._seq += 1
         msg = p.Message(kind, self.session_id, self._seq, 0, time.monotonic_ns(), 0, flags, payload)
+        self._send_frame(p.encode(msg))
+        return self._seq
+
+    def _send_frame(self, frame: bytes) -> None:
         try:
-            self.socket.send(p.encode(msg), zmq.NOBLOCK)
+            self.socket.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             self.metrics.count("send_queue_full")  # the server is gone or slow: hold applies
-        return self._seq
 
     def close(self) -> None:
         """Close the socket."""

@@ -29,6 +29,7 @@ __all__ = [
     "Message",
     "MsgType",
     "ProtocolError",
+    "StreamCodec",
     "decode",
     "decode_error",
     "decode_floats",
@@ -117,6 +118,8 @@ _PAYLOAD_LIMITS: dict[MsgType, tuple[int | None, int]] = {
 _FLOAT_TYPES = (MsgType.OBSERVATION, MsgType.ACTION)
 _TYPES = {int(t): t for t in MsgType}  # a dict lookup: cheaper than MsgType(value) per frame
 _FLAGS = {v: Flags(v) for v in range(2 * int(max(Flags)))}  # every combination of the bits
+FIXED_HEAD = 16  # header bytes 0-16 (magic .. session_id): the same for a session's stream
+TAIL = struct.Struct("<QQQQ")  # header bytes 16-48: seq, ack_seq, t_send_ns, t_echo_ns
 
 
 class Message(NamedTuple):
@@ -234,6 +237,77 @@ def _check_flags(kind: MsgType, flags: int) -> None:
     allowed = int(Flags.EPISODE_START) if kind is MsgType.OBSERVATION else 0
     if flags & ~allowed:
         raise ProtocolError(ErrorCode.BAD_FLAGS, f"flags {flags:#06x} not allowed on {kind.name}")
+
+
+class StreamCodec:
+    """The hot path's codec for one session's OBSERVATION or ACTION frames.
+
+    In one session every frame of a float type has the same first ``FIXED_HEAD`` header bytes
+    (magic, version, type, flags, payload length, session id), up to the flag bits. This codec
+    packs them once: encoding is one ``struct.pack`` of the four variable fields, and
+    recognising a frame is a length check and one dict lookup of its first 16 bytes. A frame
+    that ``flags_of`` accepts is exactly one that ``decode`` accepts with this type, session and
+    payload size (the tests check both ways), and ``encode`` gives ``encode``'s bytes. Anything
+    else is for ``decode``.
+
+    Args:
+        kind: ``OBSERVATION`` or ``ACTION``.
+        session_id: The session (1 .. 2**32 - 1).
+        floats: Float32 values per payload.
+
+    Raises:
+        ProtocolError: When such frames would break the protocol (size, session range).
+    """
+
+    def __init__(self, kind: MsgType, session_id: int, floats: int) -> None:
+        if kind not in _FLOAT_TYPES:
+            raise ValueError(f"{kind.name} frames carry no floats; use encode and decode")
+        self.kind, self.session_id = kind, session_id
+        self.payload_bytes = 4 * floats
+        self.frame_bytes = HEADER.size + self.payload_bytes
+        allowed = (Flags.NONE, Flags.EPISODE_START) if kind is MsgType.OBSERVATION else (0,)
+        empty = bytes(self.payload_bytes)
+        self._heads = {
+            int(f): encode(Message(kind, session_id, flags=Flags(f), payload=empty))[:FIXED_HEAD]
+            for f in allowed
+        }
+        self._flags = {head: f for f, head in self._heads.items()}
+
+    def encode(
+        self, seq: int, ack_seq: int, t_send_ns: int, t_echo_ns: int, payload: bytes, flags: int = 0
+    ) -> bytes:
+        """The frame ``encode(Message(kind, session_id, seq, ...))`` would give.
+
+        Raises:
+            ProtocolError: For a payload of another size, flags the type does not allow, or a
+                field out of its range.
+        """
+        head = self._heads.get(flags)
+        if head is None:
+            raise ProtocolError(
+                ErrorCode.BAD_FLAGS, f"flags {flags!r} not allowed on {self.kind.name}"
+            )
+        if len(payload) != self.payload_bytes:
+            raise ProtocolError(
+                ErrorCode.BAD_LENGTH,
+                f"{len(payload)} payload bytes; this session's {self.kind.name} has "
+                f"{self.payload_bytes}",
+            )
+        try:
+            return head + TAIL.pack(seq, ack_seq, t_send_ns, t_echo_ns) + payload
+        except struct.error:
+            message = Message(self.kind, self.session_id, seq, ack_seq, t_send_ns, t_echo_ns)
+            raise _field_error(message) from None
+
+    def flags_of(self, frame: bytes) -> int | None:
+        """The flags of a valid frame of this stream, or None when it is not one.
+
+        The other header fields are ``TAIL.unpack_from(frame, FIXED_HEAD)``; the payload is
+        ``frame[HEADER.size:]``.
+        """
+        if len(frame) != self.frame_bytes:
+            return None
+        return self._flags.get(frame[:FIXED_HEAD])
 
 
 def encode_floats(values: Sequence[float] | np.ndarray) -> bytes:

@@ -50,15 +50,20 @@ class ServerConfig:
 
 @dataclass
 class Session:
-    """One robot controller's session."""
+    """One robot controller's session, with the codecs of its OBSERVATION and ACTION frames."""
 
     session_id: int
     identity: bytes
+    observations: p.StreamCodec
+    actions: p.StreamCodec
     last_seq: int = 0
     sent_seq: int = 0
     last_seen_s: float = 0.0
     pending: p.Message | None = None
     reset_pending: bool = False
+
+
+_Request = tuple[Session, int, int]  # a session, the observation's seq and its t_send_ns
 
 
 @dataclass
@@ -88,7 +93,6 @@ class PolicyServer:
     ) -> None:
         self.policy, self.config = policy, config
         self.spec = policy.spec
-        self._observation_frame_bytes = p.HEADER.size + 4 * self.spec.obs_size
         self.metrics = Metrics("server")
         self.sessions: dict[int, Session] = {}
         self.by_identity: dict[bytes, int] = {}
@@ -163,31 +167,31 @@ class PolicyServer:
         on a small machine each call costs microseconds of cache misses between two cycles.
         Everything else returns None, having changed nothing, and takes the general path.
         """
-        if len(frames) != 2 or len(frames[1]) != self._observation_frame_bytes:
+        if len(frames) != 2:
             return None
-        try:
-            msg = p.decode(frames[1])
-        except p.ProtocolError:
+        identity, frame = frames
+        session = self.sessions.get(self.by_identity.get(identity, 0))
+        if session is None:
             return None
-        session = self.sessions.get(msg.session_id)
+        flags = session.observations.flags_of(frame)  # a valid OBSERVATION of this session?
+        if flags is None:
+            return None
+        seq, _, t_send_ns, _ = p.TAIL.unpack_from(frame, p.FIXED_HEAD)
         if (
-            msg.type is not p.MsgType.OBSERVATION
-            or session is None
-            or session.identity != frames[0]
-            or msg.seq <= session.last_seq
+            seq <= session.last_seq
             or session.pending is not None
             or int(self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN
         ):
             return None
-        obs = np.frombuffer(msg.payload, "<f4").reshape(1, -1)
+        obs = np.frombuffer(frame, "<f4", offset=p.HEADER.size).reshape(1, -1)
         if not np.isfinite(obs).all():
             return None
-        session.last_seq, session.last_seen_s = msg.seq, time.monotonic()
-        if int(msg.flags) & _EPISODE_START or session.reset_pending:
+        session.last_seq, session.last_seen_s = seq, time.monotonic()
+        if flags & _EPISODE_START or session.reset_pending:
             self.policy.reset(session.session_id)
             session.reset_pending = False
         self.metrics.count("frames_received")
-        return self._infer_and_send([(session, msg)], obs)
+        return self._infer_and_send([(session, seq, t_send_ns)], obs)
 
     def _handle(self, frames: list[bytes], inbox: _Inbox) -> None:
         identity = frames[0]
@@ -219,7 +223,14 @@ class PolicyServer:
         if len(self.sessions) >= self.config.max_sessions:
             self._reject(identity, p.ErrorCode.TOO_MANY_SESSIONS, "server full", msg)
             return
-        session = Session(self._new_session_id(), identity, last_seen_s=time.monotonic())
+        sid = self._new_session_id()
+        session = Session(
+            sid,
+            identity,
+            observations=p.StreamCodec(p.MsgType.OBSERVATION, sid, self.spec.obs_size),
+            actions=p.StreamCodec(p.MsgType.ACTION, sid, self.spec.action_size),
+            last_seen_s=time.monotonic(),
+        )
         self.sessions[session.session_id] = session
         self.by_identity[identity] = session.session_id
         self.metrics.count("sessions_opened")
@@ -290,15 +301,17 @@ class PolicyServer:
 
     def _answer(self, inbox: _Inbox) -> int:
         """One inference call for the newest finite observation of every session in ``inbox``."""
-        requests: list[tuple[Session, p.Message]] = []
+        requests: list[_Request] = []
+        payloads: list[bytes] = []
         for session in inbox.values():
             request, session.pending = session.pending, None
             if request is not None:
-                requests.append((session, request))
+                requests.append((session, request.seq, request.t_send_ns))
+                payloads.append(request.payload)
         if not requests:
             return 0
         # payload sizes were checked on arrival: one join, one view, no per-row copies
-        obs = np.frombuffer(b"".join(m.payload for _, m in requests), "<f4")
+        obs = np.frombuffer(b"".join(payloads), "<f4")
         obs = obs.reshape(len(requests), self.spec.obs_size)
         finite = np.isfinite(obs)
         if not finite.all():
@@ -308,29 +321,37 @@ class PolicyServer:
             obs = obs[finite]
             if not requests:
                 return 0
-        for session, _ in requests:
+        for session, _, _ in requests:
             if session.reset_pending:
                 self.policy.reset(session.session_id)
                 session.reset_pending = False
         return self._infer_and_send(requests, obs)
 
-    def _infer_and_send(self, requests: list[tuple[Session, p.Message]], obs: np.ndarray) -> int:
+    def _infer_and_send(self, requests: list[_Request], obs: np.ndarray) -> int:
         """One inference call for ``obs`` (one row per request); one ACTION per request."""
         t0 = time.perf_counter()
         try:
-            actions = self.policy.act_batch([s.session_id for s, _ in requests], obs)
+            actions = self.policy.act_batch([r[0].session_id for r in requests], obs)
             actions = np.asarray(actions, dtype="<f4")
             if actions.shape != (len(requests), self.spec.action_size):
                 shape = (len(requests), self.spec.action_size)
                 raise ValueError(f"the policy returned actions {actions.shape}, not {shape}")
         except Exception as exc:  # the policy's failure must not stop the server
-            for session, request in requests:
-                text = f"inference failed: {exc}"
-                self._reject(session.identity, p.ErrorCode.INTERNAL, text, request)
+            for session, seq, t_send_ns in requests:
+                request = p.Message(p.MsgType.OBSERVATION, session.session_id, seq, 0, t_send_ns)
+                self._reject(
+                    session.identity, p.ErrorCode.INTERNAL, f"inference failed: {exc}", request
+                )
             return 0
         inference_s = time.perf_counter() - t0
-        for (session, request), action in zip(requests, actions, strict=True):
-            self._send(session, p.MsgType.ACTION, action.tobytes(), request)
+        socket = self.socket
+        for (session, seq, t_send_ns), action in zip(requests, actions, strict=True):
+            session.sent_seq += 1
+            frame = session.actions.encode(
+                session.sent_seq, seq, time.monotonic_ns(), t_send_ns, action.tobytes()
+            )
+            socket.send(session.identity, zmq.SNDMORE)
+            socket.send(frame)
         self.metrics.observe("inference", inference_s)
         self.metrics.count("batches")
         self.metrics.count("actions_sent", len(requests))

@@ -165,3 +165,94 @@ def test_fuzz_mutated_valid_frames(name, positions, values, cut):
     check_decode_never_crashes(
         mutated(bytes.fromhex(FRAMES[name]["frame_hex"]), positions, values, cut)
     )
+
+
+# StreamCodec: the hot path's per-session codec must agree with encode and decode exactly.
+STREAMS = {  # golden float frame -> the codec of its session's stream
+    "observation_episode_start": (p.MsgType.OBSERVATION, 7, 3),
+    "action": (p.MsgType.ACTION, 7, 4),
+}
+
+
+def check_stream_agrees_with_decode(codec: p.StreamCodec, frame: bytes) -> bool:
+    """``flags_of`` accepts exactly what ``decode`` accepts for this stream, with its fields."""
+    try:
+        msg = p.decode(frame)
+        ours = (msg.type, msg.session_id, len(msg.payload)) == (
+            codec.kind, codec.session_id, codec.payload_bytes
+        )  # fmt: skip
+    except p.ProtocolError:
+        msg, ours = None, False
+    flags = codec.flags_of(frame)
+    assert (flags is not None) == ours, frame.hex()
+    if msg is not None and ours:
+        assert flags == int(msg.flags)
+        assert p.TAIL.unpack_from(frame, p.FIXED_HEAD) == (
+            msg.seq, msg.ack_seq, msg.t_send_ns, msg.t_echo_ns
+        )  # fmt: skip
+        assert frame[p.HEADER.size :] == msg.payload
+    return ours
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+def test_stream_codec_encodes_the_golden_frames(name):
+    fixture = FRAMES[name]
+    codec = p.StreamCodec(*STREAMS[name])
+    payload = bytes.fromhex(fixture["payload_hex"])
+    frame = codec.encode(
+        fixture["seq"], fixture["ack_seq"], fixture["t_send_ns"], fixture["t_echo_ns"], payload,
+        fixture["flags"],
+    )  # fmt: skip
+    assert frame == bytes.fromhex(fixture["frame_hex"])
+    assert check_stream_agrees_with_decode(codec, frame)
+
+
+@settings(max_examples=2_000, deadline=None)
+@given(
+    st.sampled_from([p.MsgType.OBSERVATION, p.MsgType.ACTION]),
+    st.integers(1, 2**32 - 1),
+    st.integers(0, 64),
+    st.tuples(*[st.integers(0, 2**64 - 1)] * 4),
+    st.booleans(),
+    st.randoms(use_true_random=False),
+)
+def test_stream_codec_encodes_what_encode_gives(kind, session, floats, fields, start, rnd):
+    codec = p.StreamCodec(kind, session, floats)
+    flags = int(start and kind is p.MsgType.OBSERVATION)
+    payload = rnd.randbytes(4 * floats)
+    frame = codec.encode(*fields, payload, flags)
+    assert frame == p.encode(p.Message(kind, session, *fields, p.Flags(flags), payload))
+    assert check_stream_agrees_with_decode(codec, frame)
+
+
+@FUZZ
+@given(
+    st.sampled_from(sorted(STREAMS)),
+    st.lists(st.integers(0, 10_000), max_size=6),
+    st.lists(st.integers(0, 255), max_size=6),
+    st.integers(0, 8),
+)
+def test_fuzz_stream_codec_accepts_exactly_what_decode_accepts(name, positions, values, cut):
+    codec = p.StreamCodec(*STREAMS[name])
+    frame = mutated(bytes.fromhex(FRAMES[name]["frame_hex"]), positions, values, cut)
+    check_stream_agrees_with_decode(codec, frame)
+    for other in FRAMES.values():  # other types and sessions are never this stream's
+        check_stream_agrees_with_decode(codec, bytes.fromhex(other["frame_hex"]))
+
+
+def test_stream_codec_refuses_what_the_protocol_refuses():
+    obs = p.StreamCodec(p.MsgType.OBSERVATION, 7, 3)
+    with pytest.raises(p.ProtocolError, match="8 payload bytes; this session's OBSERVATION has 12"):
+        obs.encode(1, 0, 0, 0, bytes(8))
+    with pytest.raises(p.ProtocolError, match="flags 2 not allowed on OBSERVATION"):
+        obs.encode(1, 0, 0, 0, bytes(12), 2)
+    with pytest.raises(p.ProtocolError, match="flags 1 not allowed on ACTION"):
+        p.StreamCodec(p.MsgType.ACTION, 7, 3).encode(1, 0, 0, 0, bytes(12), 1)
+    with pytest.raises(p.ProtocolError, match=r"seq=-1 outside \[0, "):
+        obs.encode(-1, 0, 0, 0, bytes(12))
+    with pytest.raises(p.ProtocolError, match="session_id"):
+        p.StreamCodec(p.MsgType.ACTION, 2**32, 3)
+    with pytest.raises(p.ProtocolError, match="limit"):
+        p.StreamCodec(p.MsgType.ACTION, 7, p.MAX_FLOATS + 1)
+    with pytest.raises(ValueError, match="HELLO frames carry no floats"):
+        p.StreamCodec(p.MsgType.HELLO, 7, 3)

@@ -137,34 +137,43 @@ def test_only_the_newest_observation_of_a_session_is_answered_in_one_batch():
             c.close()
 
 
-def test_client_drops_actions_of_other_sessions_stale_replayed_and_too_old():
+def test_client_drops_actions_of_other_sessions_stale_replayed_and_too_old(monkeypatch):
+    """Frames of the session's ACTION stream take the ``StreamCodec`` path (no ``decode``),
+    the rest the general one; both refuse and count alike."""
     with running_server(LinearPolicy(), max_action_age_ms=50.0) as server:
         client = connected(server)
         seq = client.send_observation(np.ones(6, np.float32))
         fresh = client.receive_action(1.0)
         assert fresh is not None
         now = time.monotonic_ns()  # hand-made actions, as a confused or malicious server sends
+        decoded: list[bytes] = []
+        decode = p.decode
+        monkeypatch.setattr(p, "decode", lambda frame: decoded.append(frame) or decode(frame))
 
-        def action(session: int, ack: int, echo_ns: int, values=(0.1, 0.2)) -> p.Message:
+        def action(session: int, ack: int, echo_ns: int, values=(0.1, 0.2)) -> bytes:
             payload = p.encode_floats(values)
-            return p.Message(p.MsgType.ACTION, session, 99, ack, now, echo_ns, payload=payload)
+            return p.encode(p.Message(p.MsgType.ACTION, session, 99, ack, now, echo_ns, 0, payload))
 
-        for msg in (
+        for frame in (
             action(client.session_id + 1, seq, now),  # another session
             action(client.session_id, seq, now),  # replay of the answered observation
             action(client.session_id, seq + 5, now),  # answers an observation never sent
             action(client.session_id, seq, now - 10**9),  # stale
         ):
-            assert client._valid_action(msg) is None
+            assert client._action_of(frame) is None
         client.send_observation(np.ones(6, np.float32))
         old = action(client.session_id, seq + 1, now - 200_000_000)  # 200 ms old
-        assert client._valid_action(old) is None
+        assert client._action_of(old) is None
         wrong_size = action(client.session_id, seq + 1, time.monotonic_ns(), (1.0,))
-        assert client._valid_action(wrong_size) is None
+        assert client._action_of(wrong_size) is None
         counters = client.metrics.counters
         assert counters["actions_other_session"] == 1
         assert counters["actions_stale_or_replayed"] == 3
         assert counters["actions_too_old"] == 1 and counters["actions_wrong_size"] == 1
+        assert decoded == [action(client.session_id + 1, seq, now), wrong_size]  # the rest: codec
+        good = client._action_of(action(client.session_id, seq + 1, time.monotonic_ns()))
+        assert good is not None and good.dtype == np.float32 and good.flags.writeable
+        assert np.array_equal(good, np.float32([0.1, 0.2])) and len(decoded) == 2
         client.close()
 
 
