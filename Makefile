@@ -50,7 +50,7 @@ bench-train: $(STAMP)
 	$(PY) benchmarks/train_reach_check.py --out bench_results/train_reach_check.json
 
 bench-edge: $(STAMP)
-	$(PY) benchmarks/edge_latency.py --rt-priority 80 --out bench_results/edge_latency.json
+	$(PY) benchmarks/edge_latency.py --rt-priority 80 --pin --out bench_results/edge_latency.json
 
 c-controller: $(STAMP)
 	$(PY) examples/c_controller/build.py build/ffep_controller
