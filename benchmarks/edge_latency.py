@@ -4,7 +4,7 @@ Measures, with the server in its own process as on an edge box:
 
 1. bare pyzmq DEALER/ROUTER ping-pong over loopback TCP with the runtime's payload sizes (a
    48-byte header plus the observation, the header plus the action back);
-2. bare bundle inference (one observation, ``BundlePolicy.act_batch``);
+2. bare bundle inference (one observation, ``BundlePolicy.act_flat``, the server's call);
 3. the full runtime round trip (``EdgeClient`` -> ``factoryfloor edge serve`` -> ACTION);
 4. the controller loop (``ControllerRuntime`` with a stand-in robot) at 100, 250, 500 and
    1000 Hz: deadline-miss rate, longest run of misses, round trip;
@@ -182,7 +182,7 @@ class BarePeers:
         self.sock.connect(f"tcp://127.0.0.1:{port}")
         self.frame = bytes(p.HEADER.size + 4 * obs_size)
         self.bundle = load_bundle(BUNDLE)
-        self.obs = {k: np.zeros((1, *self.bundle._shapes[k]), np.float32) for k in self.bundle.keys}
+        self.obs = np.zeros((1, obs_size), np.float32)
         self.ping_pong: dict[str, LatencyStats] = {}
         self.inference: dict[str, LatencyStats] = {}
 
@@ -191,7 +191,7 @@ class BarePeers:
         self.sock.recv()
 
     def _infer(self) -> None:
-        self.bundle.act_batch(self.obs)
+        self.bundle.act_flat(self.obs)
 
     def measure(self, name: str, period_s: float, n: int) -> None:
         """``n`` paced ping-pongs, then ``n`` paced inferences, pooled under ``name``."""
