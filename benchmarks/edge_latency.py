@@ -299,7 +299,8 @@ def run_loop(
         with realtime_priority(rt_priority or None):
             warm_up_faults += warm_up(runtime)
             runtime.loop.stats = LoopStats()  # figures from here on; the same due-time grid
-            seen = len(_round_trip_samples(client))
+            trips = client.metrics.latencies.get("round_trip")
+            seen = len(trips.samples) if trips is not None else 0  # no copy between cycles
             report = runtime.run(max_cycles=int(rate_hz * seconds / rounds))
         for sample in _round_trip_samples(client)[seen:]:
             round_trips.add(sample)
