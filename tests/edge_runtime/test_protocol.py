@@ -142,6 +142,11 @@ def check_decode_never_crashes(data: bytes) -> None:
 
 
 FUZZ = settings(max_examples=5_000, deadline=None, suppress_health_check=list(HealthCheck))
+MUTATIONS = (  # for mutated(): positions, new byte values, bytes cut from the end
+    st.lists(st.integers(0, 10_000), max_size=6),
+    st.lists(st.integers(0, 255), max_size=6),
+    st.integers(0, 8),
+)
 
 
 @FUZZ
@@ -155,12 +160,7 @@ def test_fuzz_random_bytes(data):
 
 
 @FUZZ
-@given(
-    st.sampled_from(sorted(FRAMES)),
-    st.lists(st.integers(0, 10_000), max_size=6),
-    st.lists(st.integers(0, 255), max_size=6),
-    st.integers(0, 8),
-)
+@given(st.sampled_from(sorted(FRAMES)), *MUTATIONS)
 def test_fuzz_mutated_valid_frames(name, positions, values, cut):
     check_decode_never_crashes(
         mutated(bytes.fromhex(FRAMES[name]["frame_hex"]), positions, values, cut)
@@ -226,12 +226,7 @@ def test_stream_codec_encodes_what_encode_gives(kind, session, floats, fields, s
 
 
 @FUZZ
-@given(
-    st.sampled_from(sorted(STREAMS)),
-    st.lists(st.integers(0, 10_000), max_size=6),
-    st.lists(st.integers(0, 255), max_size=6),
-    st.integers(0, 8),
-)
+@given(st.sampled_from(sorted(STREAMS)), *MUTATIONS)
 def test_fuzz_stream_codec_accepts_exactly_what_decode_accepts(name, positions, values, cut):
     codec = p.StreamCodec(*STREAMS[name])
     frame = mutated(bytes.fromhex(FRAMES[name]["frame_hex"]), positions, values, cut)
