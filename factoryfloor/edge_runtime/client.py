@@ -93,8 +93,8 @@ class EdgeClient:
         if self.session_id != msg.session_id or not self.session_id:
             raise HandshakeError("WELCOME's session_id disagrees with its header")
         self.welcome = welcome
-        self.action_size = sum(int(np.prod(a["shape"])) for a in welcome["action"])
-        obs_size = sum(int(np.prod(o["shape"])) for o in welcome["observation"])
+        self.action_size = p.spec_floats(welcome["action"])
+        obs_size = p.spec_floats(welcome["observation"])
         self.max_age_ns = int(float(welcome["max_action_age_ms"]) * 1e6)
         sid = self.session_id
         self._observations = p.StreamCodec(p.MsgType.OBSERVATION, sid, obs_size)

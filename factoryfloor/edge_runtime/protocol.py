@@ -39,6 +39,7 @@ __all__ = [
     "encode_floats",
     "encode_json",
     "schema_sha256",
+    "spec_floats",
 ]
 
 PROTOCOL_VERSION = 1
@@ -372,6 +373,11 @@ def decode_error(payload: bytes) -> tuple[int, str]:
         raise ProtocolError(ErrorCode.BAD_LENGTH, "ERROR payload shorter than its 2-byte code")
     (code,) = struct.unpack_from("<H", payload)
     return code, payload[2:].decode("utf-8", "replace")
+
+
+def spec_floats(spec: Sequence[dict[str, Any]]) -> int:
+    """Float32 values in a payload of an observation or action spec (its shapes' sizes summed)."""
+    return sum(int(np.prod(item["shape"])) for item in spec)
 
 
 def schema_sha256(observation: list[dict[str, Any]], action: list[dict[str, Any]]) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from factoryfloor.edge_runtime.bundle import BundlePolicy
-from factoryfloor.edge_runtime.protocol import schema_sha256
+from factoryfloor.edge_runtime.protocol import schema_sha256, spec_floats
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,12 @@ class WireSpec:
     @cached_property
     def obs_size(self) -> int:
         """Float32 values in an OBSERVATION payload."""
-        return sum(int(np.prod(item["shape"])) for item in self.observation)
+        return spec_floats(self.observation)
 
     @cached_property
     def action_size(self) -> int:
         """Float32 values in an ACTION payload."""
-        return sum(int(np.prod(item["shape"])) for item in self.action)
+        return spec_floats(self.action)
 
     @cached_property
     def schema_sha256(self) -> str:
