@@ -57,7 +57,6 @@ from factoryfloor.edge_runtime.controller import (
     ControllerRuntime,
     ControllerStatus,
     RobotController,
-    RobotDescription,
 )
 from factoryfloor.edge_runtime.loop import LoopStats
 from factoryfloor.edge_runtime.metrics import LatencyStats
@@ -68,7 +67,7 @@ from factoryfloor.edge_runtime.realtime import (
     set_realtime_priority,
 )
 from factoryfloor.edge_runtime.safety import State
-from factoryfloor.edge_runtime.served import bundle_wire_spec
+from factoryfloor.edge_runtime.spec import PolicySpec
 from factoryfloor.policies.atomic import atomic_write_json
 
 BUNDLE = str(files("factoryfloor.policies") / "pretrained" / "pick_place_panda.ffpolicy")
@@ -89,7 +88,7 @@ while True:
 class StandInRobot(RobotController):
     """A robot that reports a fixed state and applies commands to nothing (timing only)."""
 
-    def __init__(self, description: RobotDescription, state: np.ndarray) -> None:
+    def __init__(self, description: PolicySpec, state: np.ndarray) -> None:
         self.description, self.state = description, state
 
     def read_state(self) -> tuple[np.ndarray, bool]:
@@ -110,13 +109,10 @@ class StandInRobot(RobotController):
         return ControllerStatus(standstill=True)
 
 
-def description(bundle_path: str) -> tuple[RobotDescription, int, int]:
+def description(bundle_path: str) -> tuple[PolicySpec, int, int]:
     """The HELLO description matching the bundle, and its observation and action sizes."""
-    spec = bundle_wire_spec(load_bundle(bundle_path, backend="numpy").manifest)
-    desc = RobotDescription(
-        spec.robot, spec.task_id, spec.control_rate_hz, spec.observation, spec.action
-    )
-    return desc, spec.obs_size, spec.action_size
+    spec = PolicySpec.from_manifest(load_bundle(bundle_path, backend="numpy").manifest)
+    return spec, spec.obs_size, spec.action_size
 
 
 def paced(period_s: float, n: int, call: Any, stats: LatencyStats) -> None:
@@ -422,7 +418,7 @@ def fault_injection(folder: Path, kills: int) -> dict[str, Any]:
     """SIGKILL / SIGSTOP of the server mid-episode: detection time and time to standstill (ms)."""
     import signal
 
-    from factoryfloor.sim.edge_controller import SimController
+    from factoryfloor.stack.sim_cell import SimController
 
     rows = []
     for i in range(kills):

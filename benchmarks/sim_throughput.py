@@ -50,7 +50,7 @@ from pybullet_utils.bullet_client import BulletClient
 
 import factoryfloor  # noqa: F401  (registers the factoryfloor envs)
 from factoryfloor.sim.camera import CameraConfig
-from factoryfloor.sim.registry import ENV_SPECS
+from factoryfloor.sim.registry import ENV_IDS
 
 SECTIONS = ("envs", "raw", "panda_gym", "camera")
 SEED = 0
@@ -380,9 +380,9 @@ def build_workloads(sections: set[str], seed: int) -> tuple[list[Workload], dict
     workloads: list[Workload] = []
     skipped: dict[str, str] = {}
     if "envs" in sections:
-        workloads += [EnvStepping(env_key(i), i, "envs", seed) for i in ENV_SPECS]
+        workloads += [EnvStepping(env_key(i), i, "envs", seed) for i in ENV_IDS]
     if "raw" in sections:
-        for env_id in ENV_SPECS:
+        for env_id in ENV_IDS:
             workloads.append(RawPhysics(raw_key(env_id, "control"), env_id, seed, "control"))
             workloads.append(
                 RawPhysics(raw_key(env_id, "step_simulation"), env_id, seed, "step_simulation")
@@ -479,7 +479,7 @@ def comparisons() -> list[Comparison]:
             overhead_ratio,
             overhead=True,
         )
-        for env_id in ENV_SPECS
+        for env_id in ENV_IDS
     ]
     result += [
         Comparison(f"{env_id} vs {peer}", env_key(env_id), f"panda_gym/{peer}", PEER_RATIO_TARGET)

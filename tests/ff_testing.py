@@ -11,9 +11,9 @@ import numpy as np
 
 import factoryfloor  # noqa: F401  (registers the Gymnasium ids)
 from factoryfloor.robots import robot_names
-from factoryfloor.sim.registry import ENV_SPECS
+from factoryfloor.sim.registry import ENV_IDS as REGISTERED_IDS
 
-ENV_IDS: list[str] = list(ENV_SPECS)  # the live registry: a new env is tested automatically
+ENV_IDS: list[str] = list(REGISTERED_IDS)  # the live registry: a new env is tested automatically
 ROBOTS: list[str] = robot_names()  # the live robot registry
 
 # Warnings of Gymnasium's checker that are expected for this project: goal-conditioned

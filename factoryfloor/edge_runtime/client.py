@@ -10,15 +10,24 @@ counted in ``metrics``; nothing raises on bad input.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import time
 from typing import Any
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from factoryfloor.edge_runtime import protocol as p
 from factoryfloor.edge_runtime.metrics import Metrics
+
+# ZMTP handshake failures the client watches for, to say why a server stays silent
+HANDSHAKE_FAILURES = (
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 
 class HandshakeError(p.EdgeError):
@@ -38,16 +47,20 @@ class EdgeClient:
 
     Args:
         endpoint: Server endpoint, e.g. ``tcp://127.0.0.1:5555``.
-        socket: A configured, connected DEALER socket (e.g. with CURVE keys), or None to create
-            a plain one and connect it.
+        socket: A configured DEALER socket (e.g. with CURVE keys), not yet connected, or None
+            for a plain one. The client connects it, after attaching the monitor that tells a
+            silent server from a failed security handshake.
     """
 
     def __init__(self, endpoint: str, socket: zmq.Socket[bytes] | None = None) -> None:
+        self.endpoint = endpoint
+        self._monitor: zmq.Socket[bytes]
         if socket is None:
             socket = zmq.Context.instance().socket(zmq.DEALER)
             for option, value in ((zmq.LINGER, 0), (zmq.SNDHWM, 4), (zmq.RCVHWM, 4)):
                 socket.setsockopt(option, value)
-            socket.connect(endpoint)
+        self._monitor = socket.get_monitor_socket(HANDSHAKE_FAILURES)
+        socket.connect(endpoint)
         self.socket = socket
         self._fd = int(socket.getsockopt(zmq.FD))
         self.metrics = Metrics("controller")
@@ -85,7 +98,29 @@ class EdgeClient:
                 raise HandshakeError(f"server refused HELLO: {name}: {text}", code)
             if msg.type is p.MsgType.WELCOME:
                 return self._accept_welcome(msg)
-        raise HandshakeError(f"no WELCOME within {timeout_s} s: is the server running?")
+        raise HandshakeError(self._silence_reason(timeout_s))
+
+    def _silence_reason(self, timeout_s: float) -> str:
+        """Why no WELCOME came: a failed ZMTP security handshake, or no server at all."""
+        failures = []
+        while self._monitor.poll(0):
+            failures.append(recv_monitor_message(self._monitor))
+        for event in failures:
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                return (
+                    f"the server at {self.endpoint} refused this controller's CURVE key (not in "
+                    "its allow-list): add the client with factoryfloor edge keygen DIR --client "
+                    "NAME and restart the server with --keys DIR"
+                )
+            if event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                return (
+                    f"the server at {self.endpoint} uses another security mechanism than this "
+                    "controller: a server started with --keys DIR needs --keys DIR --client-name "
+                    "NAME here (and a server without keys, none)"
+                )
+        if failures:
+            return f"the security handshake with {self.endpoint} failed: check both sides' --keys"
+        return f"no WELCOME from {self.endpoint} within {timeout_s} s: is the server running?"
 
     def _accept_welcome(self, msg: p.Message) -> dict[str, Any]:
         welcome = p.decode_json(msg.payload)
@@ -245,5 +280,8 @@ class EdgeClient:
             self.metrics.count("send_queue_full")  # the server is gone or slow: hold applies
 
     def close(self) -> None:
-        """Close the socket."""
+        """Close the socket and its monitor."""
+        with contextlib.suppress(zmq.ZMQError):  # already stopped
+            self.socket.disable_monitor()
+        self._monitor.close(linger=0)
         self.socket.close(linger=0)

@@ -1,6 +1,6 @@
 """The controller side: the ``RobotController`` interface and the runtime that drives it.
 
-A real robot's adapter (or the simulated cell in ``factoryfloor.sim.edge_controller``)
+A real robot's adapter (or the simulated cell in ``factoryfloor.stack.sim_cell``)
 implements ``RobotController``. ``ControllerRuntime`` runs it at the policy's control rate:
 each cycle it reads the state, sends it to the policy server, waits for the answer at most until
 the cycle's budget or the hold deadline, lets the ``SafetyLayer`` decide, and applies the
@@ -18,30 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from factoryfloor.edge_runtime import protocol as p
 from factoryfloor.edge_runtime.client import EdgeClient
 from factoryfloor.edge_runtime.loop import FixedRateLoop
 from factoryfloor.edge_runtime.realtime import check_priority, realtime_priority
 from factoryfloor.edge_runtime.safety import Decision, SafetyConfig, SafetyLayer, State
-
-
-@dataclass(frozen=True)
-class RobotDescription:
-    """What a controller tells the server in HELLO.
-
-    Attributes:
-        robot: Robot name (a ``factoryfloor.robots`` spec).
-        task_id: The task (policy) it runs.
-        control_rate_hz: Its control rate (Hz).
-        observation: Observation spec in wire order: ``[{"name", "shape", "units"}]``.
-        action: Action spec: ``[{"name", "shape", "low", "high", "units"}]``.
-    """
-
-    robot: str
-    task_id: str
-    control_rate_hz: float
-    observation: list[dict[str, Any]]
-    action: list[dict[str, Any]]
+from factoryfloor.edge_runtime.spec import PolicySpec
 
 
 @dataclass
@@ -62,7 +43,7 @@ class ControllerStatus:
 class RobotController(ABC):
     """What a robot's adapter implements for the edge runtime."""
 
-    description: RobotDescription
+    description: PolicySpec  # what it tells the server in HELLO (``model_sha256`` unused)
 
     @abstractmethod
     def read_state(self) -> tuple[np.ndarray, bool]:
@@ -151,19 +132,9 @@ class ControllerRuntime:
 
     def hello(self) -> dict[str, Any]:
         """The HELLO payload of this controller."""
-        desc = self.controller.description
-        return {
-            "protocol_version": p.PROTOCOL_VERSION,
-            "controller": self.name,
-            "robot": desc.robot,
-            "task_id": desc.task_id,
-            "observation": desc.observation,
-            "action": desc.action,
-            "control_rate_hz": desc.control_rate_hz,
-            "hold_window_ms": self.safety.config.hold_window_s * 1e3,
-            "schema_sha256": p.schema_sha256(desc.observation, desc.action),
-            "model_sha256": self.model_sha256,
-        }
+        return self.controller.description.hello(
+            self.name, self.safety.config.hold_window_s * 1e3, self.model_sha256
+        )
 
     def rearm(self) -> dict[str, Any]:
         """Leave FAULT and open a new session (raises ``HandshakeError`` when refused)."""

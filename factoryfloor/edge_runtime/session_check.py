@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from factoryfloor.edge_runtime import protocol as p
-from factoryfloor.edge_runtime.served import WireSpec
+from factoryfloor.edge_runtime.spec import PolicySpec
 
 REQUIRED = (
     "protocol_version",
@@ -19,7 +19,7 @@ REQUIRED = (
 )
 
 
-def check_hello(hello: dict[str, Any], spec: WireSpec) -> None:
+def check_hello(hello: dict[str, Any], spec: PolicySpec) -> None:
     """Refuse a HELLO that does not match ``spec``.
 
     Raises:
@@ -46,7 +46,7 @@ def check_hello(hello: dict[str, Any], spec: WireSpec) -> None:
         )
 
 
-def _check_task(hello: dict[str, Any], spec: WireSpec) -> None:
+def _check_task(hello: dict[str, Any], spec: PolicySpec) -> None:
     rate = hello["control_rate_hz"]
     if not isinstance(rate, int | float) or not math.isclose(float(rate), spec.control_rate_hz):
         raise p.ProtocolError(
@@ -75,7 +75,7 @@ def _well_formed(items: Any) -> bool:
     )
 
 
-def _check_schema(hello: dict[str, Any], spec: WireSpec) -> None:
+def _check_schema(hello: dict[str, Any], spec: PolicySpec) -> None:
     for key in ("observation", "action"):
         if not _well_formed(hello[key]):
             raise p.ProtocolError(

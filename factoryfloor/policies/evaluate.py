@@ -63,10 +63,10 @@ def _check_obs_shapes(
 
 
 def _bundle_policy(path: Path) -> PolicyFactory:
-    """A ``.ffpolicy`` bundle (``factoryfloor.policies.bundle``), run without torch."""
+    """A ``.ffpolicy`` bundle (``factoryfloor.edge_runtime.bundle``), run without torch."""
 
     def factory(env: gym.Env[Any, Any]) -> tuple[Policy, Callable[[], None]]:
-        from factoryfloor.policies.bundle import load_bundle
+        from factoryfloor.edge_runtime.bundle import load_bundle
 
         policy = load_bundle(path)
         spaces = policy.manifest["observation"]["spaces"]

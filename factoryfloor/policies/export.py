@@ -25,10 +25,12 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from torch import nn
 
 import factoryfloor  # registers the envs
-from factoryfloor.policies import bundle as bd
+from factoryfloor.edge_runtime import bundle as bd
+from factoryfloor.edge_runtime.spec import manifest_sections, space_fields
 from factoryfloor.policies import checkpoint as ckpt
 from factoryfloor.policies.train import algorithm_class
 from factoryfloor.policies.train_config import TrainConfig
+from factoryfloor.sim.env import OBS_UNITS
 
 PARITY_OBSERVATIONS = 1000
 PARITY_TOLERANCE = 1e-5
@@ -39,12 +41,6 @@ CLIPPED_MEAN = ("ppo",)  # the Gaussian mean in action units, clipped to the bou
 EXPORTABLE = (*SQUASHED_MEAN, *DIRECT_ACTOR, *CLIPPED_MEAN)
 ACTIVATION_NAMES = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.ELU: "elu"}
 _SMALL_BUFFER = {"buffer_size": 1}
-OBS_UNITS = {
-    "observation": "robot: TCP position (m, world), TCP velocity (m/s), gripper opening "
-    "(0 closed .. 1 open)[, joint angles (rad)]; then the task's object state (m, m/s)",
-    "achieved_goal": "m (world frame)",
-    "desired_goal": "m (world frame)",
-}
 
 
 class ExportError(ValueError):
@@ -113,7 +109,7 @@ def load_run_model(
     if cfg.algo not in EXPORTABLE:
         raise ExportError(f"export supports {', '.join(EXPORTABLE)} runs, not {cfg.algo!r}")
     checkpoint = ckpt.read_checkpoint(run / "checkpoints" / which)
-    venv = DummyVecEnv([lambda: gym.make(cfg.task, **cfg.env_kwargs)])
+    venv = DummyVecEnv([lambda: gym.make(cfg.task, **cfg.make_kwargs())])
     vecnorm = None
     if "vecnormalize" in checkpoint.paths:
         vecnorm = ckpt.load_file(
@@ -290,9 +286,8 @@ def export_run(run: Path, out: Path, which: str = "best") -> dict[str, Any]:
         buffer = io.BytesIO()
         np.savez(buffer, **norm, **arrays)  # type: ignore[arg-type]
         members[bd.NPZ] = buffer.getvalue()
-    manifest = build_manifest(run, cfg, checkpoint, module, vecnorm, actor_info, which)
-    manifest["command"]["export"][4] = str(out)
-    obs = parity_observations(cfg.task, cfg.env_kwargs)
+    manifest = build_manifest(run, out, cfg, checkpoint, model, vecnorm, actor_info, which)
+    obs = parity_observations(cfg.task, cfg.make_kwargs())
     diffs = {}
     for backend in ("onnxruntime", "numpy") if arrays else ("onnxruntime",):
         data = bd.pack_bundle(manifest, members)
@@ -318,48 +313,32 @@ def export_run(run: Path, out: Path, which: str = "best") -> dict[str, Any]:
 
 def build_manifest(
     run: Path,
+    out: Path,
     cfg: TrainConfig,
     checkpoint: ckpt.Checkpoint,
-    module: DeployedActor,
+    model: BaseAlgorithm,
     vecnorm: VecNormalize | None,
     actor_info: dict[str, Any],
     which: str = "best",
 ) -> dict[str, Any]:
-    """Every manifest field but ``files`` (see ``factoryfloor.policies.bundle``)."""
-    env = gym.make(cfg.task, **cfg.env_kwargs)
+    """Every manifest field but ``files`` (see ``factoryfloor.edge_runtime.bundle``)."""
+    env = gym.make(cfg.task, **cfg.make_kwargs())
     try:
         unwrapped: Any = env.unwrapped
         rate_hz = 1.0 / float(unwrapped.sim.physics.control_dt_s)
-        robot = str(cfg.env_kwargs.get("robot", unwrapped.robot.spec.name))
-        control = str(cfg.env_kwargs.get("control", "ee"))
+        control = str(unwrapped.robot.control)
     finally:
         env.close()
-    low, high = module.low.numpy(), module.high.numpy()
-    spaces = {
-        k: {"shape": list(s), "dtype": "float32", "units": OBS_UNITS.get(k, "")}
-        for k, s in zip(module.keys, module.shapes, strict=True)
-    }
+    observation, action = space_fields(model.observation_space, model.action_space, OBS_UNITS)
     evaluations = (run / "evaluations.jsonl").read_text(encoding="utf-8").splitlines()
     provenance = json.loads((run / "environment.json").read_text(encoding="utf-8"))
     return {
         "format": bd.FORMAT,
         "format_version": bd.FORMAT_VERSION,
         "task_id": cfg.task,
-        "robot": robot,
+        "robot": cfg.robot,
         "control_rate_hz": rate_hz,
-        "observation": {
-            "keys": module.keys,
-            "spaces": spaces,
-            "flatten": "each key raveled (C order), concatenated in 'keys' order, float32",
-        },
-        "action": {
-            "shape": list(low.shape),
-            "dtype": "float32",
-            "low": low.tolist(),
-            "high": high.tolist(),
-            "control": control,
-            "units": "normalised command in [low, high]; see the robot's control mode",
-        },
+        **manifest_sections(observation, action, control),
         "normalization": None
         if vecnorm is None
         else {
@@ -379,7 +358,15 @@ def build_manifest(
         },
         "command": {
             "train": provenance.get("command"),
-            "export": ["factoryfloor", "export", str(run), "--out", "OUT", "--checkpoint", which],
+            "export": [
+                "factoryfloor",
+                "export",
+                str(run),
+                "--out",
+                str(out),
+                "--checkpoint",
+                which,
+            ],
         },
         "factoryfloor_version": factoryfloor.__version__,
     }

@@ -166,17 +166,10 @@ class ConveyorPickExpert(PickPlaceExpert):
         return states[self.chosen, :3], states[self.chosen, 3:]
 
 
-EXPERTS: dict[str, type[ScriptedExpert]] = {
-    "reach": ReachExpert,
-    "pick_place": PickPlaceExpert,
-    "conveyor_pick": ConveyorPickExpert,
-}
-
-
 def make_expert(env: Any) -> ScriptedExpert:
     """The scripted expert for a (possibly wrapped) FactoryEnv made with ``control="ee"``."""
     base = env.unwrapped
     if base.robot.control != "ee":
         raise ValueError("scripted experts need control='ee'; make the env with control='ee'")
-    expert = EXPERTS[type(base.task).name]
+    expert: type[ScriptedExpert] = base.task_entry.load_expert()
     return expert(base.robot.spec.max_ee_step_m, base.sim.physics.control_dt_s)

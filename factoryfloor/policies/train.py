@@ -163,7 +163,7 @@ def _make_training_envs(cfg: TrainConfig) -> VecEnv:
 
         if not ray.is_initialized():
             ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=False)
-        venv: VecEnv = RayVecEnv(cfg.task, cfg.n_envs, cfg.envs_per_actor, cfg.env_kwargs)
+        venv: VecEnv = RayVecEnv(cfg.task, cfg.n_envs, cfg.envs_per_actor, cfg.make_kwargs())
         venv.seed(cfg.seed)
         return venv
     return make_vec_env(
@@ -171,7 +171,7 @@ def _make_training_envs(cfg: TrainConfig) -> VecEnv:
         n_envs=cfg.n_envs,
         seed=cfg.seed,
         vec_env_cls=SubprocVecEnv if cfg.n_envs > 1 else DummyVecEnv,
-        env_kwargs=cfg.env_kwargs,
+        env_kwargs=cfg.make_kwargs(),
     )
 
 
@@ -184,7 +184,7 @@ def _make_env(task: str, in_subprocess: bool, **kwargs: Any) -> gym.Env[Any, Any
 
 def _make_eval_env(cfg: TrainConfig) -> gym.Env[Any, Any]:
     try:
-        return gym.make(cfg.task, **cfg.env_kwargs)
+        return gym.make(cfg.task, **cfg.make_kwargs())
     except TypeError as exc:
         raise ConfigError(f"env_kwargs={cfg.env_kwargs} not accepted by {cfg.task}: {exc}") from exc
 
@@ -299,7 +299,7 @@ def _record_run_demos(cfg: TrainConfig, run_dir: Path) -> Path:
 
     folder = run_dir / "demos"
     if not (folder / INDEX).is_file():
-        robot = str(cfg.env_kwargs.get("robot", "panda"))
+        robot = cfg.robot
         record_demos(cfg.task, cfg.demo_episodes, folder, robot=robot, seed=cfg.seed)
     return folder
 
@@ -320,7 +320,7 @@ def _add_demos(
     from factoryfloor.policies.demos import check_compatible, load_demos, seed_replay_buffer
 
     demos = load_demos(cfg.demos or "", env_id=cfg.task)
-    check_compatible(demos, env, str(cfg.env_kwargs.get("robot", "panda")))
+    check_compatible(demos, env, cfg.robot)
     added = seed_replay_buffer(model, demos)
     if cfg.verbose:
         print(f"replay buffer seeded with {added} demonstration transitions from {cfg.demos}")

@@ -4,7 +4,7 @@ A config is resolved in layers, each overriding the one before:
 
 1. the field defaults below;
 2. the shipped file ``factoryfloor/policies/configs/<task>_<algo>.yaml`` (tuned per task and
-   algorithm; the algorithm defaults to the task's entry in ``DEFAULT_ALGOS``);
+   algorithm; the algorithm defaults to the task's entry in ``TaskEntry.default_algo``);
 3. a user file given with ``--config FILE.yaml`` (any subset of the fields);
 4. explicit overrides (the command line's ``--timesteps``, ``--seed``, ...).
 
@@ -23,6 +23,9 @@ from typing import Any
 
 import yaml
 
+from factoryfloor.robots import robot_names
+from factoryfloor.sim.registry import BY_ENV_ID, TaskEntry
+
 # algo -> (module, class, off-policy). A registry, read by validation and by ``train``.
 ALGORITHMS: dict[str, tuple[str, str, bool]] = {
     "sac": ("stable_baselines3", "SAC", True),
@@ -30,8 +33,6 @@ ALGORITHMS: dict[str, tuple[str, str, bool]] = {
     "tqc": ("sb3_contrib", "TQC", True),
     "ppo": ("stable_baselines3", "PPO", False),
 }
-# task name (factoryfloor.sim.registry.ENV_SPECS) -> algorithm used when none is given
-DEFAULT_ALGOS: dict[str, str] = {"reach": "sac", "pick_place": "tqc", "conveyor_pick": "tqc"}
 HER_STRATEGIES = ("future", "final", "episode")
 RESUME_OVERRIDES = frozenset(
     {"timesteps", "device", "progress_bar", "verbose", "out", "target_success", "max_wall_time_s"}
@@ -49,13 +50,15 @@ class TrainConfig:
 
     Attributes:
         task: Gymnasium id of the task, e.g. ``"factoryfloor/Reach-v0"``.
+        robot: Robot name (``factoryfloor.robots``), e.g. ``"panda"`` or ``"xarm6"``.
         algo: One of ``ALGORITHMS``: ``"sac"``, ``"td3"``, ``"tqc"`` (needs sb3-contrib), ``"ppo"``.
         timesteps: Training budget in env steps, summed over the parallel envs (steps).
         n_envs: Parallel envs: 1 runs in-process (DummyVecEnv), more run in subprocesses.
         seed: Seed of the model, the envs and every global random generator.
         device: Torch device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda[:N]"``.
         out: Run folder; ``None`` means ``runs/<task>_<algo>_seed<seed>``.
-        env_kwargs: Keyword arguments of ``gymnasium.make`` (robot, control, reward, ...).
+        env_kwargs: Other keyword arguments of ``gymnasium.make`` (control, reward, ...); the
+            robot is the ``robot`` field. ``make_kwargs`` gives both.
         normalize: Normalise observations with running mean/std (VecNormalize); rewards are not.
         net_arch: Hidden layer widths of the actor and critic MLPs (units).
         policy_kwargs: Extra policy keyword arguments, e.g. ``{"n_critics": 1}``.
@@ -107,6 +110,7 @@ class TrainConfig:
     """
 
     task: str
+    robot: str = "panda"
     algo: str = "sac"
     timesteps: int = 100_000
     n_envs: int = 1
@@ -167,6 +171,8 @@ class TrainConfig:
         off_policy = ALGORITHMS.get(self.algo, ("", "", True))[2]
         return [
             ("algo", self.algo in ALGORITHMS, f"choose one of {sorted(ALGORITHMS)}"),
+            ("robot", self.robot in robot_names(), f"choose one of {robot_names()}"),
+            ("env_kwargs", "robot" not in self.env_kwargs, "set the robot field, not env_kwargs"),
             ("timesteps", self.timesteps >= 1, "give a training budget >= 1 env step"),
             ("n_envs", self.n_envs >= 1, "use 1 (in-process) or more (subprocesses)"),
             ("seed", 0 <= self.seed < 2**32 - 1024, "use a seed in [0, 2**32 - 1024)"),
@@ -224,6 +230,10 @@ class TrainConfig:
                 f"set learning_starts >= {needed}"
             )
 
+    def make_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``gymnasium.make`` for this run's envs (robot included)."""
+        return {"robot": self.robot, **self.env_kwargs}
+
     @property
     def off_policy(self) -> bool:
         """Whether ``algo`` learns from a replay buffer."""
@@ -264,18 +274,16 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def shipped_config(task: str, algo: str) -> Path | None:
-    """The shipped YAML of a task name and algorithm, or None when there is none."""
-    path = Path(str(resources.files("factoryfloor.policies") / "configs" / f"{task}_{algo}.yaml"))
-    return path if path.is_file() else None
+def shipped_config(entry: TaskEntry, algo: str) -> Path | None:
+    """The shipped YAML of a task and algorithm, or None when there is none."""
+    path = resources.files("factoryfloor.policies") / "configs" / entry.config_file(algo)
+    return Path(str(path)) if path.is_file() else None
 
 
 def task_name(env_id: str) -> str | None:
     """The factoryfloor task name of an env id (``"reach"``), or None for other envs."""
-    from factoryfloor.sim.registry import ENV_SPECS
-
-    spec = ENV_SPECS.get(env_id)
-    return spec[0] if spec else None
+    entry = BY_ENV_ID.get(env_id)
+    return entry.name if entry else None
 
 
 def load_config(
@@ -288,14 +296,15 @@ def load_config(
 
     Args:
         task: Gymnasium env id.
-        algo: Algorithm; None takes the user file's, else the task's default (``DEFAULT_ALGOS``).
+        algo: Algorithm; None takes the user file's, else the task's
+            ``TaskEntry.default_algo``.
         config_file: Optional user YAML with any subset of the fields.
         overrides: Field values that win over every file (None values are ignored).
     """
     user = read_yaml(config_file) if config_file is not None else {}
-    name = task_name(task)
-    algo = algo or user.get("algo") or DEFAULT_ALGOS.get(name or "", "sac")
-    shipped = shipped_config(name, algo) if name else None
+    entry = BY_ENV_ID.get(task)
+    algo = algo or user.get("algo") or (entry.default_algo if entry else "sac")
+    shipped = shipped_config(entry, algo) if entry else None
     base = read_yaml(shipped) if shipped else {}
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     return TrainConfig(**{**base, **user, **given, "task": task, "algo": algo})

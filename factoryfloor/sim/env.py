@@ -13,12 +13,20 @@ from gymnasium import spaces
 from gymnasium.utils import EzPickle
 
 from factoryfloor.robots import get_robot_spec
-from factoryfloor.sim import tasks as _tasks  # noqa: F401  (registers the task classes)
 from factoryfloor.sim.backend import PhysicsConfig, PyBullet
 from factoryfloor.sim.camera import Camera, CameraConfig
+from factoryfloor.sim.registry import task_entry
 from factoryfloor.sim.robot import Arm
-from factoryfloor.sim.tasks.base import REWARD_TYPES, RobotHooks, get_task_class
+from factoryfloor.sim.tasks.base import REWARD_TYPES, RobotHooks
 
+# observation key -> units, stated in the policy interface (``edge_runtime.spec``)
+OBS_UNITS = {
+    "observation": "robot: TCP position (m, world), TCP velocity (m/s), gripper opening "
+    "(0 closed .. 1 open)[, joint angles (rad)]; then the task's object state (m, m/s)",
+    "achieved_goal": "m (world frame)",
+    "desired_goal": "m (world frame)",
+    "image": "uint8 (H, W, C): RGB 0-255[, depth 0-255 near..far] from the fixed cell camera",
+}
 OBS_MODES = {"state": None, "rgb": 3, "rgbd": 4}  # obs mode -> image channels
 RENDER_SIZE = (480, 360)  # (width, height) of render() frames
 
@@ -81,7 +89,8 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         _check_choice("obs_mode", obs_mode, OBS_MODES)
         _check_choice("render_mode", render_mode, [None, *self.metadata["render_modes"]])
         _check_choice("reward", reward, REWARD_TYPES)
-        spec, task_cls = get_robot_spec(robot), get_task_class(task)  # KeyErrors list choices
+        self.task_entry = task_entry(task)  # KeyErrors list the choices
+        spec, task_cls = get_robot_spec(robot), self.task_entry.load_task_class()
         _check_choice("control", control, spec.control_modes)
         self.obs_mode, self.image_size, self.render_mode = obs_mode, image_size, render_mode
         self.sim = PyBullet("gui" if render_mode == "human" else "direct", physics)
@@ -105,7 +114,7 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         self._desired_goal = np.zeros(3, dtype=np.float32)
         self._goal = [0.0, 0.0, 0.0]
         self.observation_space = self._make_observation_space()
-        self.metadata = {**self.metadata, "render_fps": round(1.0 / self.sim.physics.control_dt_s)}
+        self.metadata = {**self.metadata, "render_fps": 1.0 / self.sim.physics.control_dt_s}
         self._last_frame_time = 0.0
         # Restored at each reset so that no contact cache survives from an earlier episode.
         self._initial_state = self.sim.save_state()

@@ -11,12 +11,19 @@ import numpy as np
 import zmq
 
 from factoryfloor.edge_runtime import protocol as p
-from factoryfloor.edge_runtime.served import WireSpec
 from factoryfloor.edge_runtime.server import PolicyServer, ServerConfig
+from factoryfloor.edge_runtime.spec import PolicySpec
 
 OBS = [{"name": "observation", "shape": [6], "units": "m"}]
 ACT = [{"name": "action", "shape": [2], "low": [-1.0, -1.0], "high": [1.0, 1.0], "units": "-"}]
-SPEC = WireSpec("test/Task-v0", "panda", 100.0, OBS, ACT, "ab" * 32)
+SPEC = PolicySpec(
+    task_id="test/Task-v0",
+    robot="panda",
+    control_rate_hz=100.0,
+    observation=OBS,
+    action=ACT,
+    model_sha256="ab" * 32,
+)
 
 
 class LinearPolicy:

@@ -23,8 +23,8 @@ from factoryfloor.edge_runtime.safety import State
 from factoryfloor.edge_runtime.served import BundleServedPolicy
 from factoryfloor.edge_runtime.server import PolicyServer, ServerConfig
 from factoryfloor.policies.evaluate import evaluate
-from factoryfloor.policies.served_expert import ExpertServedPolicy
-from factoryfloor.sim.edge_controller import SimController, run_sim
+from factoryfloor.stack.served_expert import ExpertServedPolicy
+from factoryfloor.stack.sim_cell import SimController, run_sim
 
 PICK_PLACE = "factoryfloor/PickPlace-v0"
 BUNDLE = str(files("factoryfloor.policies") / "pretrained" / "pick_place_panda.ffpolicy")

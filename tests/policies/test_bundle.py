@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from factoryfloor.cli import main
-from factoryfloor.policies import bundle as bd
+from factoryfloor.edge_runtime import bundle as bd
 from factoryfloor.policies import export as ex
 from factoryfloor.policies.train import train
 from factoryfloor.policies.train_config import TrainConfig, load_config
@@ -127,7 +127,7 @@ def test_loading_and_running_a_bundle_imports_neither_torch_nor_sb3(exported):
         f"""
         import sys
         import numpy as np
-        from factoryfloor.policies.bundle import load_bundle
+        from factoryfloor.edge_runtime.bundle import load_bundle
         for backend in ("onnxruntime", "numpy"):
             policy = load_bundle({str(exported[0])!r}, backend=backend)
             spaces = policy.manifest["observation"]["spaces"]
@@ -271,7 +271,7 @@ def test_auto_backend_falls_back_to_numpy_without_onnxruntime(exported):
         f"""
         import sys
         sys.modules["onnxruntime"] = None  # as if it were not installed
-        from factoryfloor.policies.bundle import load_bundle
+        from factoryfloor.edge_runtime.bundle import load_bundle
         policy = load_bundle({str(exported[0])!r})
         print("BACKEND", policy.backend)
         try:

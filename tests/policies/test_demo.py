@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from factoryfloor.cli import main
-from factoryfloor.policies.demo import DemoOptions, resolve_policy
+from factoryfloor.stack.demo import DemoOptions, demo_policy
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,8 @@ def test_demo_charts_are_images(demo_run):
 
 def test_demo_without_a_pretrained_bundle_says_how_to_go_on():
     with pytest.raises(ValueError, match="--policy"):
-        resolve_policy(DemoOptions(task="factoryfloor/ConveyorPick-v0"))
-    assert resolve_policy(DemoOptions(task="factoryfloor/ConveyorPick-v0", policy="expert")) == (
+        demo_policy(DemoOptions(task="factoryfloor/ConveyorPick-v0"))
+    assert demo_policy(DemoOptions(task="factoryfloor/ConveyorPick-v0", policy="expert")) == (
         "expert"
     )
 

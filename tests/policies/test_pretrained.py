@@ -54,7 +54,7 @@ def test_reach_bundle_runs_without_torch_or_sb3():
     code = (
         "import sys, gymnasium as gym, factoryfloor\n"
         "from importlib.resources import files\n"
-        "from factoryfloor.policies.bundle import load_bundle\n"
+        "from factoryfloor.edge_runtime.bundle import load_bundle\n"
         "root = files('factoryfloor.policies') / 'pretrained'\n"
         "p = load_bundle(str(root / 'reach_panda.ffpolicy'))\n"
         "env = gym.make('factoryfloor/Reach-v0'); obs, _ = env.reset(seed=3)\n"

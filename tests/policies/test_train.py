@@ -31,6 +31,7 @@ from factoryfloor.policies.train_config import (
     shipped_config,
     task_name,
 )
+from factoryfloor.sim.registry import BY_ENV_ID
 
 REACH = "factoryfloor/Reach-v0"
 CONFIGS = Path(__file__).resolve().parents[2] / "factoryfloor" / "policies" / "configs"
@@ -318,8 +319,9 @@ def test_shipped_configs_are_valid_named_and_packaged(repo_root):
     assert len(files) == 12  # 3 tasks x 4 algorithms
     for path in files:
         cfg = TrainConfig(**read_yaml(path))
-        assert path.name == f"{task_name(cfg.task)}_{cfg.algo}.yaml"
-        assert shipped_config(task_name(cfg.task), cfg.algo) == path
+        entry = BY_ENV_ID[cfg.task]
+        assert path.name == entry.config_file(cfg.algo) == f"{task_name(cfg.task)}_{cfg.algo}.yaml"
+        assert shipped_config(entry, cfg.algo) == path
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     data = tomllib.loads((repo_root / "pyproject.toml").read_text())
     patterns = data["tool"]["setuptools"]["package-data"]["factoryfloor.policies"]

@@ -13,7 +13,8 @@ from ff_testing import ENV_IDS, ROBOTS, assert_obs_equal
 
 from factoryfloor.robots import CONTROL_MODES, get_robot_spec, robot_names
 from factoryfloor.sim.env import OBS_MODES, FactoryEnv
-from factoryfloor.sim.tasks.base import REWARD_TYPES, TASKS
+from factoryfloor.sim.registry import TASKS
+from factoryfloor.sim.tasks.base import REWARD_TYPES
 
 # ----------------------------------------------------------------------------- pickling, close
 

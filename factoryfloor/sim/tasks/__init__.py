@@ -1,16 +1,7 @@
-"""Tasks, one per module; importing this package registers them all."""
+"""Tasks, one per module, each named by one entry of ``factoryfloor.sim.registry.TASKS``."""
 
 from __future__ import annotations
 
-from factoryfloor.sim.tasks import conveyor_pick, pick_place, reach
-from factoryfloor.sim.tasks.base import TASKS, Task, get_task_class, register_task
+from factoryfloor.sim.tasks.base import Task
 
-__all__ = [
-    "TASKS",
-    "Task",
-    "conveyor_pick",
-    "get_task_class",
-    "pick_place",
-    "reach",
-    "register_task",
-]
+__all__ = ["Task"]

@@ -55,7 +55,6 @@ class Task(ABC):
         randomize: Apply the ``Randomization`` ranges at each reset.
     """
 
-    name: ClassVar[str] = ""  # the registry name, set by ``register_task``
     distance_threshold_m: ClassVar[float] = 0.05
     goal_box_half_m: ClassVar[tuple[float, float, float] | None] = None  # box success instead
     workspace_low: ClassVar[tuple[float, float, float]] = (0.2, -0.45, 0.005)
@@ -155,27 +154,3 @@ class Task(ABC):
     def uniform(self, rng: np.random.Generator, bounds: tuple[float, float]) -> float:
         """One draw in [low, high] when randomising, else the midpoint."""
         return float(rng.uniform(*bounds)) if self.randomize else 0.5 * (bounds[0] + bounds[1])
-
-
-TASKS: dict[str, type[Task]] = {}
-
-
-def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
-    """Class decorator adding a Task subclass to ``TASKS`` under ``name``."""
-
-    def wrap(cls: type[Task]) -> type[Task]:
-        if name in TASKS:
-            raise ValueError(f"task {name!r} is already registered")
-        TASKS[name] = cls
-        cls.name = name
-        return cls
-
-    return wrap
-
-
-def get_task_class(name: str) -> type[Task]:
-    """The Task class registered under ``name``; KeyError lists the known tasks."""
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise KeyError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}") from None

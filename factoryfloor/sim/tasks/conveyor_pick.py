@@ -19,10 +19,9 @@ from factoryfloor.sim.scene import (
     add_part,
     add_table,
 )
-from factoryfloor.sim.tasks.base import Task, register_task
+from factoryfloor.sim.tasks.base import Task
 
 
-@register_task("conveyor_pick")
 class ConveyorPickTask(Task):
     """Pick any part from a running conveyor and place it in a bin.
 

@@ -16,10 +16,9 @@ from factoryfloor.sim.scene import (
     add_part,
     add_table,
 )
-from factoryfloor.sim.tasks.base import Task, register_task
+from factoryfloor.sim.tasks.base import Task
 
 
-@register_task("pick_place")
 class PickPlaceTask(Task):
     """Move a part from the table into a bin.
 

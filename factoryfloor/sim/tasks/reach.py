@@ -7,10 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from factoryfloor.sim.scene import add_goal_marker, add_table
-from factoryfloor.sim.tasks.base import Task, register_task
+from factoryfloor.sim.tasks.base import Task
 
 
-@register_task("reach")
 class ReachTask(Task):
     """Reach a point.
 

@@ -22,32 +22,25 @@ from factoryfloor.edge_runtime.controller import (
     ControllerRuntime,
     ControllerStatus,
     RobotController,
-    RobotDescription,
 )
+from factoryfloor.edge_runtime.spec import PolicySpec, space_fields
+from factoryfloor.sim.env import OBS_UNITS
 
 STANDSTILL_M_S = 0.005  # TCP speed below which the arm counts as standing still (m/s)
 TCP_VELOCITY = slice(3, 6)  # TCP velocity (m/s) in the robot part of "observation"
 
 
-def describe_env(env: gym.Env[Any, Any], task_id: str, robot: str) -> RobotDescription:
-    """The HELLO description of a factoryfloor env: Dict keys in sorted (wire) order."""
-    obs_space, act_space = env.observation_space, env.action_space
-    assert isinstance(obs_space, gym.spaces.Dict) and isinstance(act_space, gym.spaces.Box)
-    observation = [
-        {"name": k, "shape": list(obs_space[k].shape or ()), "units": ""}
-        for k in sorted(obs_space.spaces)
-    ]
-    action = [
-        {
-            "name": "action",
-            "shape": list(act_space.shape),
-            "low": [float(v) for v in act_space.low],
-            "high": [float(v) for v in act_space.high],
-            "units": "normalised command",
-        }
-    ]
-    rate = float(env.metadata["render_fps"])
-    return RobotDescription(robot, task_id, rate, observation, action)
+def describe_env(env: gym.Env[Any, Any], task_id: str, robot: str) -> PolicySpec:
+    """The interface of a factoryfloor env, as its controller states it in HELLO.
+
+    The control rate is exactly ``1 / control_dt_s`` of the env's physics, as in the bundles.
+    """
+    observation, action = space_fields(env.observation_space, env.action_space, OBS_UNITS)
+    rate_hz = 1.0 / float(env.unwrapped.sim.physics.control_dt_s)  # type: ignore[attr-defined]
+    return PolicySpec(
+        task_id=task_id, robot=robot, control_rate_hz=rate_hz,
+        observation=observation, action=action,
+    )  # fmt: skip
 
 
 class SimController(RobotController):

@@ -1,7 +1,7 @@
-"""The ``factoryfloor edge`` subcommands: serve, run-sim, keygen (wired into ``factoryfloor.cli``).
+"""``factoryfloor edge``: serve, run-sim, keygen.
 
-They live here, not in ``edge_runtime``, because ``run-sim`` drives the simulator and ``serve
---policy expert`` the scripted experts, which the edge runtime must not import.
+Thin over ``factoryfloor.stack.policy_server`` (serve), ``factoryfloor.stack.sim_cell`` (run-sim)
+and ``factoryfloor.edge_runtime.auth`` (keygen).
 """
 
 from __future__ import annotations
@@ -11,77 +11,82 @@ import json
 from pathlib import Path
 from typing import Any
 
+from factoryfloor.cli._args import add_robot, add_task, count
 
-def configure_edge(p: argparse.ArgumentParser) -> None:
+
+def configure(p: argparse.ArgumentParser) -> None:
     """Add the serve, run-sim and keygen subcommands to ``p``."""
     sub = p.add_subparsers(dest="edge_command", required=True, metavar="EDGE_COMMAND")
-    serve = sub.add_parser("serve", help="serve a policy bundle (or the expert) over ZeroMQ")
+    fmt = p.formatter_class
+    for name, text, configure_one, run_one in (
+        ("serve", "serve a policy bundle (or the expert) over ZeroMQ", _serve_args, _run_serve),
+        ("run-sim", "run the simulated cell against a policy server", _sim_args, _run_edge_sim),
+        ("keygen", "create CURVE keys for a server and its controllers", _keygen_args, _keygen),
+    ):
+        one = sub.add_parser(name, help=text, description=text, formatter_class=fmt)
+        configure_one(one)
+        one.set_defaults(edge_run=run_one)
+
+
+def _serve_args(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--policy", required=True, help="a .ffpolicy bundle, or expert")
-    serve.add_argument("--task", help="task of --policy expert, e.g. factoryfloor/PickPlace-v0")
-    serve.add_argument("--robot", default="panda", help="robot of --policy expert")
+    add_task(serve, option=True)
+    add_robot(serve, "robot of --policy expert: panda or xarm6")
     serve.add_argument("--bind", default="tcp://127.0.0.1:5555", help="endpoint to bind")
     serve.add_argument("--keys", type=Path, help="CURVE key folder (factoryfloor edge keygen)")
-    serve.add_argument("--metrics-port", type=int, help="Prometheus text on 127.0.0.1:PORT")
+    serve.add_argument("--metrics-port", type=count(0), help="Prometheus text on 127.0.0.1:PORT")
     serve.add_argument("--metrics-jsonl", type=Path, help="append metrics snapshots here")
     serve.add_argument("--report-every", type=float, default=10.0, help="seconds between reports")
     serve.add_argument("--max-action-age-ms", type=float, default=50.0, help="sent in WELCOME")
     serve.add_argument("--ready-file", type=Path, help="write the bound endpoint here when ready")
-    serve.set_defaults(edge_run=_run_edge_serve)
-    sim = sub.add_parser("run-sim", help="run the simulated controller against a policy server")
-    sim.add_argument("--task", required=True, help="environment id")
+
+
+def _sim_args(sim: argparse.ArgumentParser) -> None:
+    add_task(sim, option=True, default="factoryfloor/PickPlace-v0")
     sim.add_argument("--connect", default="tcp://127.0.0.1:5555", help="server endpoint")
-    sim.add_argument("--episodes", type=int, default=10, help="episodes to run")
-    sim.add_argument("--robot", default="panda", help="robot name")
-    sim.add_argument("--seed", type=int, default=0, help="seed of the first episode")
+    sim.add_argument("--episodes", type=count(1), default=10, help="episodes to run")
+    add_robot(sim)
+    sim.add_argument("--seed", type=count(0), default=0, help="seed of the first episode")
     sim.add_argument("--hold-window-ms", type=float, default=20.0, help="hold window (ms)")
     sim.add_argument(
-        "--rt-priority",
-        type=int,
+        "--rt-priority", type=int,
         help="run the control loop under SCHED_FIFO at this priority (1-99; needs CAP_SYS_NICE)",
-    )
+    )  # fmt: skip
     sim.add_argument("--keys", type=Path, help="CURVE key folder holding this client's keys")
     sim.add_argument("--client-name", default="controller", help="client key name in --keys")
     sim.add_argument("--json", action="store_true", help="print the full report as JSON")
     sim.add_argument("--report-every", type=float, default=5.0, help="seconds between reports")
     sim.add_argument("--metrics-jsonl", type=Path, help="append the periodic reports here")
-    sim.set_defaults(edge_run=_run_edge_sim)
-    keygen = sub.add_parser("keygen", help="create CURVE keys for a server and its controllers")
-    keygen.add_argument("dir", type=Path, help="key folder")
+
+
+def _keygen_args(keygen: argparse.ArgumentParser) -> None:
+    keygen.add_argument("dir", type=Path, metavar="DIR", help="key folder")
     keygen.add_argument("--client", action="append", help="client name (repeatable)")
-    keygen.set_defaults(edge_run=_run_edge_keygen)
 
 
-def run_edge(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run the chosen edge subcommand; its exit status."""
     return int(args.edge_run(args))
 
 
-def _run_edge_serve(args: argparse.Namespace) -> int:
-    from factoryfloor.edge_runtime.serve import ServeOptions, serve
+def _run_serve(args: argparse.Namespace) -> int:
+    from factoryfloor.edge_runtime.serve import ServeOptions
     from factoryfloor.edge_runtime.server import ServerConfig
+    from factoryfloor.stack.policy_server import ServerJob, serve_policy
 
-    if args.policy == "expert":
-        from factoryfloor.policies.served_expert import ExpertServedPolicy
-
-        if not args.task:
-            raise ValueError("--policy expert needs --task, e.g. --task factoryfloor/PickPlace-v0")
-        policy = ExpertServedPolicy(args.task, args.robot)
-    else:
-        from factoryfloor.edge_runtime.bundle import load_bundle
-        from factoryfloor.edge_runtime.served import BundleServedPolicy
-
-        policy = BundleServedPolicy(load_bundle(args.policy))
-    config = ServerConfig(bind=args.bind, max_action_age_ms=args.max_action_age_ms)
     options = ServeOptions(
         keys_dir=args.keys, metrics_port=args.metrics_port, metrics_jsonl=args.metrics_jsonl,
         report_every_s=args.report_every, ready_file=args.ready_file,
     )  # fmt: skip
-    return serve(policy, config, options)
+    config = ServerConfig(bind=args.bind, max_action_age_ms=args.max_action_age_ms)
+    job = ServerJob(policy=args.policy, task=args.task, robot=args.robot, config=config,
+                    options=options)  # fmt: skip
+    return serve_policy(job)
 
 
 def _run_edge_sim(args: argparse.Namespace) -> int:
     from factoryfloor.edge_runtime.client import EdgeClient
-    from factoryfloor.sim.edge_controller import run_sim
+    from factoryfloor.stack.sim_cell import run_sim
 
     client = None
     if args.keys is not None:
@@ -92,7 +97,6 @@ def _run_edge_sim(args: argparse.Namespace) -> int:
         socket = zmq.Context.instance().socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         secure_client(socket, args.keys, args.client_name)
-        socket.connect(args.connect)
         client = EdgeClient(args.connect, socket)
 
     def on_report(report: dict[str, object]) -> None:
@@ -122,7 +126,7 @@ def _sim_summary(report: dict[str, Any]) -> str:
     )
 
 
-def _run_edge_keygen(args: argparse.Namespace) -> int:
+def _keygen(args: argparse.Namespace) -> int:
     from factoryfloor.edge_runtime.auth import keygen
 
     for role, path in keygen(args.dir, args.client).items():

@@ -7,12 +7,13 @@ driven by the expert or by a bundle.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import gymnasium as gym
 import numpy as np
 
-from factoryfloor.edge_runtime.served import WireSpec
 from factoryfloor.policies.scripted import ScriptedExpert, make_expert
-from factoryfloor.sim.edge_controller import describe_env
+from factoryfloor.stack.sim_cell import describe_env
 
 
 class ExpertServedPolicy:
@@ -25,13 +26,11 @@ class ExpertServedPolicy:
 
     def __init__(self, task_id: str, robot: str = "panda") -> None:
         self.env = gym.make(task_id, robot=robot)
-        desc = describe_env(self.env, task_id, robot)
-        self.spec = WireSpec(
-            desc.task_id, desc.robot, desc.control_rate_hz, desc.observation, desc.action,
-            model_sha256=f"scripted-expert:{task_id}",
-        )  # fmt: skip
-        self._keys = [item["name"] for item in desc.observation]
-        self._sizes = [int(np.prod(item["shape"])) for item in desc.observation]
+        self.spec = replace(
+            describe_env(self.env, task_id, robot), model_sha256=f"scripted-expert:{task_id}"
+        )
+        self._keys = [item["name"] for item in self.spec.observation]
+        self._sizes = [int(np.prod(item["shape"])) for item in self.spec.observation]
         self._experts: dict[int, ScriptedExpert] = {}
 
     def act_batch(self, sessions: list[int], obs: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """``factoryfloor demo``: the whole stack in one command (``make demo``).
 
-It starts the edge policy server with the shipped pretrained bundle in its own process, runs the
+It starts the edge policy server with the shipped pretrained bundle in its own process
+(``policy_server.ServerProcess``), runs the
 simulated controller against it over loopback TCP in real time, shows progress in the terminal,
 and ends with a summary table. It writes into ``--out``:
 
@@ -18,13 +19,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +30,14 @@ import numpy as np
 from factoryfloor.edge_runtime.client import EdgeClient
 from factoryfloor.edge_runtime.controller import ControllerRuntime, RuntimeReport
 from factoryfloor.edge_runtime.safety import Decision, State
-from factoryfloor.policies import demo_media
+from factoryfloor.edge_runtime.serve import ServeOptions
+from factoryfloor.edge_runtime.server import ServerConfig
 from factoryfloor.policies.atomic import atomic_write_json
-from factoryfloor.policies.demo_console import Console
-from factoryfloor.sim.edge_controller import SimController
-
-PRETRAINED = {
-    ("factoryfloor/PickPlace-v0", "panda"): "pick_place_panda.ffpolicy",
-    ("factoryfloor/Reach-v0", "panda"): "reach_panda.ffpolicy",
-}
+from factoryfloor.sim.registry import TASKS, task_entry
+from factoryfloor.stack import demo_media
+from factoryfloor.stack.demo_console import Console
+from factoryfloor.stack.policy_server import ServerJob, ServerProcess
+from factoryfloor.stack.sim_cell import SimController
 
 
 @dataclass(kw_only=True)
@@ -79,18 +75,22 @@ class DemoOptions:
     hold_window_s: float = 0.020
 
 
-def resolve_policy(options: DemoOptions) -> str:
-    """The bundle path (or ``"expert"``) the server will serve."""
+def demo_policy(options: DemoOptions) -> str:
+    """The bundle path (or ``"expert"``) the demo serves: ``--policy``, else the task's shipped one.
+
+    Raises:
+        ValueError: When no bundle is shipped for the task and robot (says which are).
+    """
     if options.policy is not None:
         return options.policy
-    name = PRETRAINED.get((options.task, options.robot))
-    if name is None:
-        shipped = ", ".join(f"{t} ({r})" for t, r in PRETRAINED)
+    path = task_entry(options.task).pretrained_path(options.robot)
+    if path is None:
+        shipped = ", ".join(f"{e.env_id} ({r})" for e in TASKS.values() for r in e.pretrained)
         raise ValueError(
             f"no pretrained bundle for {options.task} with {options.robot} (shipped: {shipped}); "
             "pass --policy BUNDLE.ffpolicy or --policy expert"
         )
-    return str(files("factoryfloor.policies") / "pretrained" / name)
+    return str(path)
 
 
 class DemoRuntime(ControllerRuntime):
@@ -118,30 +118,6 @@ class DemoRuntime(ControllerRuntime):
         return decision
 
 
-def start_server(policy: str, options: DemoOptions, folder: Path) -> tuple[Any, str]:
-    """``factoryfloor edge serve`` in its own process; returns it and its endpoint."""
-    ready = folder / "server.ready"
-    cmd = [
-        sys.executable, "-m", "factoryfloor.cli", "edge", "serve", "--policy", policy,
-        "--task", options.task, "--robot", options.robot, "--bind", "tcp://127.0.0.1:0",
-        "--ready-file", str(ready), "--report-every", "5",
-        "--metrics-jsonl", str(options.out / "server_metrics.jsonl"),
-    ]  # fmt: skip
-    log = open(folder / "server.log", "wb")  # noqa: SIM115  (closed with the process)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"the policy server did not start:\n{_tail(folder / 'server.log')}")
-        time.sleep(0.05)
-    return proc, ready.read_text().strip()
-
-
-def _tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-2000:] if path.is_file() else ""
-
-
 def _render_mode(options: DemoOptions, console: Console) -> str | None:
     if not options.gui:
         return None
@@ -159,14 +135,15 @@ def run_demo(options: DemoOptions) -> int:
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     console = Console()
-    policy = resolve_policy(options)
+    policy = demo_policy(options)
     controller = SimController(
         options.task, options.robot, options.episodes, options.seed,
         render_mode=_render_mode(options, console),
     )  # fmt: skip
     view = _start_view(options, controller, console)
     with tempfile.TemporaryDirectory(prefix="ff-demo-") as tmp:
-        server, endpoint = start_server(policy, options, Path(tmp))
+        server = ServerProcess(_server_job(policy, options), Path(tmp))
+        endpoint = server.start()
         client = EdgeClient(endpoint)
         try:
             runtime = DemoRuntime(
@@ -179,7 +156,7 @@ def run_demo(options: DemoOptions) -> int:
             client.send_bye()
         finally:
             client.close()
-            server_ok = _stop(server)
+            server_ok = server.stop()
             if view is not None:
                 _linger(view, options.view_linger_s, console)
     metrics = _metrics(options, policy, report, runtime, client, server_ok)
@@ -192,7 +169,7 @@ def run_demo(options: DemoOptions) -> int:
 def _start_view(options: DemoOptions, controller: SimController, console: Console) -> Any:
     if not options.view:
         return None
-    from factoryfloor.policies.live_view import LiveView
+    from factoryfloor.stack.live_view import LiveView
 
     view = LiveView(options.task, options.robot, options.view_port)
     controller.on_reset, controller.on_step = view.episode, view.step
@@ -227,16 +204,14 @@ def _linger(view: Any, seconds: float, console: Console) -> None:
     view.close()
 
 
-def _stop(server: Any) -> bool:
-    """SIGTERM the server; True when it was still alive and stopped cleanly."""
-    alive = server.poll() is None
-    server.send_signal(signal.SIGTERM)
-    try:
-        code = server.wait(10)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        return False
-    return alive and code == 0
+def _server_job(policy: str, options: DemoOptions) -> ServerJob:
+    return ServerJob(
+        policy=policy, task=options.task, robot=options.robot,
+        config=ServerConfig(bind="tcp://127.0.0.1:0"),
+        options=ServeOptions(
+            report_every_s=5.0, metrics_jsonl=options.out / "server_metrics.jsonl"
+        ),
+    )  # fmt: skip
 
 
 def _metrics(
@@ -316,4 +291,4 @@ def _write_outputs(
     atomic_write_json(out / "metrics.json", metrics)
 
 
-__all__ = ["PRETRAINED", "DemoOptions", "resolve_policy", "run_demo"]
+__all__ = ["DemoOptions", "demo_policy", "run_demo"]

@@ -1,0 +1,125 @@
+"""The policy server as a function, and in its own process.
+
+``served_policy`` turns ``--policy`` (a bundle path or ``expert``) into what the edge server
+serves; ``serve_policy`` serves it until stopped (``factoryfloor edge serve`` is a thin wrapper);
+``ServerProcess`` runs ``serve_policy`` in a child process started by ``multiprocessing`` (spawn),
+which is how the demo keeps inference off the simulated controller's interpreter. No library
+code starts the command line as a subprocess.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from factoryfloor.edge_runtime.bundle import load_bundle
+from factoryfloor.edge_runtime.serve import ServeOptions, serve
+from factoryfloor.edge_runtime.served import BundleServedPolicy, ServedPolicy
+from factoryfloor.edge_runtime.server import ServerConfig
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+
+
+def served_policy(policy: str, task: str | None = None, robot: str = "panda") -> ServedPolicy:
+    """What the server serves for ``policy``: a ``.ffpolicy`` path, or ``expert`` (needs ``task``).
+
+    Raises:
+        BundleError: For a missing, malformed or tampered bundle (one line, says why).
+        ValueError: For ``expert`` without a task.
+    """
+    if policy == "expert":
+        from factoryfloor.stack.served_expert import ExpertServedPolicy
+
+        if not task:
+            raise ValueError("--policy expert needs --task, e.g. --task factoryfloor/PickPlace-v0")
+        return ExpertServedPolicy(task, robot)
+    return BundleServedPolicy(load_bundle(policy))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerJob:
+    """Everything a server process needs (plain values: the child is spawned).
+
+    Attributes:
+        policy: A ``.ffpolicy`` path or ``"expert"``.
+        task: Task of ``expert`` (ignored for bundles).
+        robot: Robot of ``expert``.
+        config: Server configuration (bind address, limits).
+        options: Serving options (keys, metrics, ready file).
+    """
+
+    policy: str
+    task: str | None = None
+    robot: str = "panda"
+    config: ServerConfig = field(default_factory=ServerConfig)
+    options: ServeOptions = field(default_factory=ServeOptions)
+
+
+def serve_policy(job: ServerJob) -> int:
+    """Serve ``job.policy`` until SIGINT/SIGTERM; the exit status of ``serve``."""
+    return serve(served_policy(job.policy, job.task, job.robot), job.config, job.options)
+
+
+def _child(job: ServerJob, log_path: str) -> None:
+    """The server process: its output goes to ``log_path``; exits with ``serve``'s status."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.exit(serve_policy(job))
+
+
+class ServerProcess:
+    """``serve_policy`` in a spawned child process, bound to a free loopback port.
+
+    Args:
+        job: What to serve; ``options.ready_file`` is set here.
+        folder: Where the ready file and the server's log (``server.log``) go.
+    """
+
+    def __init__(self, job: ServerJob, folder: Path) -> None:
+        self.ready_file, self.log = folder / "server.ready", folder / "server.log"
+        options = ServeOptions(**{**vars(job.options), "ready_file": self.ready_file})
+        self.job = ServerJob(**{**vars(job), "options": options})
+        self.process = mp.get_context("spawn").Process(
+            target=_child, args=(self.job, str(self.log)), name="ff-policy-server", daemon=True
+        )
+
+    def start(self) -> str:
+        """Start the child and wait until it serves; its endpoint.
+
+        Raises:
+            RuntimeError: With the end of its log, when it exits or hangs before serving.
+        """
+        self.process.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.ready_file.exists():
+            if not self.process.is_alive() or time.monotonic() > deadline:
+                self.process.kill()
+                raise RuntimeError(f"the policy server did not start: {self.log_tail()}")
+            time.sleep(0.05)
+        return self.ready_file.read_text(encoding="utf-8").strip()
+
+    def alive(self) -> bool:
+        """Whether the child still runs."""
+        return self.process.is_alive()
+
+    def stop(self) -> bool:
+        """SIGTERM the child; True when it was alive and stopped cleanly (exit 0)."""
+        alive = self.process.is_alive()
+        self.process.terminate()
+        self.process.join(STOP_TIMEOUT_S)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+            return False
+        return alive and self.process.exitcode == 0
+
+    def log_tail(self, chars: int = 2000) -> str:
+        """The end of the server's log."""
+        text = self.log.read_text(errors="replace") if self.log.is_file() else ""
+        return text[-chars:].strip()
