@@ -4,7 +4,7 @@
 ``factoryfloor train TASK --demos DIR`` adds its transitions to the replay buffer before learning
 starts.
 
-Format (version 1), pickle-free so that it can be read with ``np.load(..., allow_pickle=False)``
+Format (version 2), pickle-free so that it can be read with ``np.load(..., allow_pickle=False)``
 and any JSON parser::
 
     DIR/demos.json            the index, written last (atomically): a folder without it is
@@ -24,9 +24,10 @@ Each ``episode_NNNNN.npz`` holds, for an episode of ``T`` env steps:
 * ``terminated``, ``truncated``: ``(T,)`` bool, as returned by ``env.step``;
 * ``is_success``: ``(T,)`` bool, ``info["is_success"]`` after each step.
 
-``demos.json`` holds: ``format`` (``"factoryfloor-demos"``), ``format_version`` (1), ``env_id``,
+``demos.json`` holds: ``format`` (``"factoryfloor-demos"``), ``format_version`` (2), ``env_id``,
 ``robot``, ``env_kwargs`` (the keyword arguments of ``gymnasium.make``), ``observation_space``
-(``{key: {"shape", "dtype"}}``), ``action_space`` (``{"shape", "dtype", "low", "high"}``),
+(``[{"name", "shape", "dtype", "units"}]``) and ``action_space`` (``{"name", "shape", "dtype",
+"low", "high", "units"}``), the fields of ``factoryfloor.edge_runtime.spec.space_fields``,
 ``episodes`` (a list of ``{"file", "seed", "length", "success", "return"}``),
 ``total_transitions``, ``only_successful``, ``attempts`` (episodes run, counting the failed ones
 that were skipped), ``factoryfloor_version`` and ``command`` (the command line that wrote it).
@@ -44,10 +45,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from factoryfloor.edge_runtime.spec import space_fields
 from factoryfloor.policies.atomic import atomic_write_stream
+from factoryfloor.policies.rollout import run_episode
 
 FORMAT = "factoryfloor-demos"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: spaces as edge_runtime.spec fields (1: {key: {shape, dtype}})
 INDEX = "demos.json"
 ARRAYS = ("actions", "rewards", "terminated", "truncated", "is_success")
 
@@ -70,48 +73,13 @@ class Demos:
         return sum(len(ep["actions"]) for ep in self.episodes)
 
 
-def _space_spec(env: gym.Env[Any, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """JSON descriptions of the env's Dict observation space and Box action space."""
-    obs_space, act_space = env.observation_space, env.action_space
-    if not isinstance(obs_space, gym.spaces.Dict) or not isinstance(act_space, gym.spaces.Box):
-        raise DemosError("demonstrations need a Dict observation space and a Box action space")
-    obs = {
-        k: {"shape": list(s.shape or ()), "dtype": str(s.dtype)}
-        for k, s in obs_space.spaces.items()
-    }
-    act = {
-        "shape": list(act_space.shape),
-        "dtype": str(act_space.dtype),
-        "low": act_space.low.astype(float).tolist(),
-        "high": act_space.high.astype(float).tolist(),
-    }
-    return obs, act
-
-
-def _run_episode(env: gym.Env[Any, Any], expert: Any, seed: int) -> dict[str, np.ndarray]:
-    obs, _ = env.reset(seed=seed)
-    expert.reset()
-    observations: dict[str, list[np.ndarray]] = {k: [np.asarray(v)] for k, v in obs.items()}
-    steps: dict[str, list[Any]] = {k: [] for k in ARRAYS}
-    done = False
-    while not done:
-        action = np.asarray(expert.act(obs), dtype=np.float32)
-        obs, reward, terminated, truncated, info = env.step(action)
-        for k, v in obs.items():
-            observations[k].append(np.asarray(v))
-        for k, v in zip(
-            ARRAYS,
-            (action, reward, terminated, truncated, info.get("is_success", False)),
-            strict=True,
-        ):
-            steps[k].append(v)
-        done = bool(terminated or truncated)
-    arrays = {f"obs/{k}": np.stack(v) for k, v in observations.items()}
-    arrays["actions"] = np.stack(steps["actions"]).astype(np.float32)
-    arrays["rewards"] = np.asarray(steps["rewards"], dtype=np.float32)
-    for k in ("terminated", "truncated", "is_success"):
-        arrays[k] = np.asarray(steps[k], dtype=bool)
-    return arrays
+def _space_spec(env: gym.Env[Any, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The env's observation fields and its action field (``edge_runtime.spec.space_fields``)."""
+    try:
+        observation, (action,) = space_fields(env.observation_space, env.action_space)
+    except ValueError as exc:
+        raise DemosError(f"demonstrations: {exc}") from None
+    return observation, action
 
 
 def record_demos(
@@ -168,7 +136,9 @@ def record_demos(
                     f"only {len(written)} of {episodes} successful episodes in {attempts} "
                     f"attempts of the {env_id} expert; pass only_successful=False to keep failures"
                 )
-            arrays = _run_episode(env, expert, seed + attempts)
+            arrays = run_episode(
+                env, expert.act, seed + attempts, reset_policy=expert.reset, keep=True
+            ).arrays()
             attempts += 1
             success = bool(arrays["is_success"][-1])
             if only_successful and not success:
@@ -260,7 +230,7 @@ def load_demos(folder: Path | str, env_id: str | None = None) -> Demos:
 
 
 def _load_episode(
-    folder: Path, entry: dict[str, Any], obs_spec: dict[str, Any], act_shape: tuple[int, ...]
+    folder: Path, entry: dict[str, Any], obs_spec: list[dict[str, Any]], act_shape: tuple[int, ...]
 ) -> dict[str, np.ndarray]:
     path = folder / entry["file"]
     try:
@@ -269,7 +239,7 @@ def _load_episode(
     except (OSError, ValueError) as exc:
         raise DemosError(f"cannot read episode {path}: {exc}") from exc
     length = int(entry["length"])
-    expected = {f"obs/{k}": (length + 1, *spec["shape"]) for k, spec in obs_spec.items()}
+    expected = {f"obs/{f['name']}": (length + 1, *f["shape"]) for f in obs_spec}
     expected["actions"] = (length, *act_shape)
     expected.update({k: (length,) for k in ARRAYS if k != "actions"})
     for key, shape in expected.items():

@@ -12,10 +12,9 @@ import gymnasium as gym
 import numpy as np
 
 import factoryfloor  # noqa: F401  (registers the envs)
+from factoryfloor.policies.rollout import Policy, run_episode
 from factoryfloor.policies.scripted import make_expert
 from factoryfloor.policies.video import VideoWriter
-
-Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -161,11 +160,12 @@ def evaluate(
     try:
         for episode in range(episodes):
             record = writer if writer is not None and episode < video_episodes else None
-            ret, length, success = _run_episode(env, act, reset_policy, seed + episode, record)
-            returns.append(ret)
-            lengths.append(length)
-            successes.append(success)
-            steps += length
+            frame = (lambda e, w=record: w.write(e.render())) if record is not None else None
+            done = run_episode(env, act, seed + episode, reset_policy=reset_policy, observer=frame)
+            returns.append(done.total_return)
+            lengths.append(done.length)
+            successes.append(done.success)
+            steps += done.length
     except BaseException:
         if writer is not None:
             writer.close(keep=False)
@@ -189,26 +189,3 @@ def evaluate(
         wall_time_s=wall,
         env_steps_per_s=steps / wall,
     )
-
-
-def _run_episode(
-    env: gym.Env[Any, Any],
-    act: Policy,
-    reset_policy: Callable[[], None],
-    seed: int,
-    writer: VideoWriter | None,
-) -> tuple[float, int, bool]:
-    """One episode; returns (return, length, success)."""
-    obs, info = env.reset(seed=seed)
-    reset_policy()
-    total, length, done = 0.0, 0, False
-    if writer is not None:
-        writer.write(env.render())
-    while not done:
-        obs, reward, terminated, truncated, info = env.step(act(obs))
-        total += float(reward)
-        length += 1
-        done = terminated or truncated
-        if writer is not None:
-            writer.write(env.render())
-    return total, length, bool(info["is_success"])

@@ -28,6 +28,7 @@ import factoryfloor  # registers the envs
 from factoryfloor.edge_runtime import bundle as bd
 from factoryfloor.edge_runtime.spec import manifest_sections, space_fields
 from factoryfloor.policies import checkpoint as ckpt
+from factoryfloor.policies.rollout import run_episode
 from factoryfloor.policies.train import algorithm_class
 from factoryfloor.policies.train_config import TrainConfig
 from factoryfloor.sim.env import OBS_UNITS
@@ -233,21 +234,20 @@ def parity_observations(
     env = gym.make(task, **env_kwargs)
     rng = np.random.default_rng(seed)
     env.action_space.seed(seed)
-    real: list[dict[str, np.ndarray]] = []
+    parts: list[dict[str, np.ndarray]] = []
     try:
-        episode = 0
-        while len(real) < n // 4:
-            obs, _ = env.reset(seed=seed + episode)
-            real.append(obs)
-            done = False
-            while not done and len(real) < n // 4:
-                obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
-                real.append(obs)
-                done = terminated or truncated
-            episode += 1
+        while (got := sum(len(p["actions"]) + 1 for p in parts)) < n // 4:
+            parts.append(
+                run_episode(
+                    env, lambda _: env.action_space.sample(), seed + len(parts), keep=True,
+                    max_steps=n // 4 - got - 1,
+                ).arrays()
+            )  # fmt: skip
     finally:
         env.close()
-    base = {k: np.stack([o[k] for o in real]).astype(np.float32) for k in real[0]}
+    keys = [k.removeprefix("obs/") for k in parts[0] if k.startswith("obs/")]
+    base = {k: np.concatenate([p[f"obs/{k}"] for p in parts]).astype(np.float32) for k in keys}
+    real = base[keys[0]]
     picks = rng.integers(0, len(real), n - len(real))
     out = {}
     for key, arr in base.items():

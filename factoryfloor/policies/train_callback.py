@@ -18,6 +18,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 from factoryfloor.policies import checkpoint as ckpt
+from factoryfloor.policies.rollout import run_episode
 from factoryfloor.policies.train_config import TrainConfig
 
 
@@ -204,17 +205,16 @@ def evaluate_model(
         seed: Seed of the first episode.
         normalize: Observation normalisation (e.g. ``VecNormalize.normalize_obs``) or None.
     """
-    successes, returns, lengths = [], [], []
-    for episode in range(episodes):
-        obs, info = env.reset(seed=seed + episode)
-        done, total, length = False, 0.0, 0
-        while not done:
-            action, _ = model.predict(normalize(obs) if normalize else obs, deterministic=True)
-            obs, reward, terminated, truncated, info = env.step(action)
-            total, length, done = total + float(reward), length + 1, terminated or truncated
-        successes.append(bool(info.get("is_success", False)))
-        returns.append(total)
-        lengths.append(length)
+
+    def act(obs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(
+            model.predict(normalize(obs) if normalize else obs, deterministic=True)[0]
+        )
+
+    runs = [run_episode(env, act, seed + episode) for episode in range(episodes)]
+    successes = [r.success for r in runs]
+    returns = [r.total_return for r in runs]
+    lengths = [r.length for r in runs]
     return {
         "success_rate": float(np.mean(successes)),
         "mean_return": float(np.mean(returns)),

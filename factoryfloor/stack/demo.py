@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from factoryfloor.edge_runtime.bundle import BundleError, load_bundle
 from factoryfloor.edge_runtime.client import EdgeClient
 from factoryfloor.edge_runtime.controller import ControllerRuntime, RuntimeReport
 from factoryfloor.edge_runtime.safety import Decision, State
@@ -78,11 +79,26 @@ class DemoOptions:
 def demo_policy(options: DemoOptions) -> str:
     """The bundle path (or ``"expert"``) the demo serves: ``--policy``, else the task's shipped one.
 
+    A bundle is loaded and verified here, before any process starts.
+
     Raises:
         ValueError: When no bundle is shipped for the task and robot (says which are).
+        BundleError: For a missing, corrupt or tampered bundle, or one made for another task
+            or robot.
     """
-    if options.policy is not None:
-        return options.policy
+    policy = options.policy if options.policy is not None else _pretrained(options)
+    if policy != "expert":
+        manifest = load_bundle(policy).manifest
+        made_for = (manifest["task_id"], manifest["robot"])
+        if made_for != (options.task, options.robot):
+            raise BundleError(
+                f"{policy} was made for {made_for[0]} with {made_for[1]}; pass --task "
+                f"{made_for[0]} --robot {made_for[1]}, or another --policy"
+            )
+    return policy
+
+
+def _pretrained(options: DemoOptions) -> str:
     path = task_entry(options.task).pretrained_path(options.robot)
     if path is None:
         shipped = ", ".join(f"{e.env_id} ({r})" for e in TASKS.values() for r in e.pretrained)

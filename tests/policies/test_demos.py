@@ -45,7 +45,7 @@ def reach_demos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_record_writes_the_documented_files(reach_demos):
     index = json.loads((reach_demos / "demos.json").read_text())
-    assert index["format"] == "factoryfloor-demos" and index["format_version"] == 1
+    assert index["format"] == "factoryfloor-demos" and index["format_version"] == 2
     assert index["env_id"] == REACH and index["robot"] == "panda" and index["command"] == "test"
     assert sorted(p.name for p in reach_demos.iterdir()) == [
         "demos.json", "episode_00000.npz", "episode_00001.npz", "episode_00002.npz",
@@ -56,8 +56,8 @@ def test_record_writes_the_documented_files(reach_demos):
     for entry in index["episodes"]:
         with np.load(reach_demos / entry["file"], allow_pickle=False) as data:
             t = entry["length"]
-            for key, spec in index["observation_space"].items():
-                assert data[f"obs/{key}"].shape == (t + 1, *spec["shape"])
+            for field in index["observation_space"]:
+                assert data[f"obs/{field['name']}"].shape == (t + 1, *field["shape"])
             assert data["actions"].shape == (t, act_dim) and data["actions"].dtype == np.float32
             for key in ("rewards", "terminated", "truncated", "is_success"):
                 assert data[key].shape == (t,)
