@@ -125,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = refusal(exc)
         if message is None:
             raise
-        print(f"factoryfloor {args.command}: error: {message}", file=sys.stderr)
+        where = " ".join(filter(None, (args.command, getattr(args, "edge_command", None))))
+        print(f"factoryfloor {where}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 
 
