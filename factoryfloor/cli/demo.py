@@ -26,6 +26,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--hold-window-ms", type=float, default=20.0, help="the safety layer's hold window (ms)"
     )
+    p.add_argument(
+        "--max-rearms", type=count(0), default=3,
+        help="faults after which the demo re-arms, as an operator would (one more stops it)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
 
 
@@ -39,5 +43,6 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed, video_episodes=args.video_episodes, gui=args.gui, view=args.view,
             view_port=args.view_port, view_linger_s=args.view_linger, out=args.out,
             min_success=args.min_success, hold_window_s=args.hold_window_ms / 1e3,
+            max_rearms=args.max_rearms,
         )
     )  # fmt: skip

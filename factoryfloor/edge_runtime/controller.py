@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from factoryfloor.edge_runtime.client import EdgeClient
+from factoryfloor.edge_runtime.fault_trace import TRACE_CYCLES, CycleTrace, explain
 from factoryfloor.edge_runtime.loop import FixedRateLoop
 from factoryfloor.edge_runtime.realtime import check_priority, realtime_priority
 from factoryfloor.edge_runtime.safety import Decision, SafetyConfig, SafetyLayer, State
@@ -79,6 +81,7 @@ class RuntimeReport:
     client: dict[str, Any]
     safety: dict[str, int]
     controller: dict[str, Any]
+    trace: list[dict[str, Any]] = field(default_factory=list)  # the last cycles, at a FAULT
 
 
 class ControllerRuntime:
@@ -128,6 +131,7 @@ class ControllerRuntime:
             check_priority(rt_priority)  # a bad value fails here, not after the handshake
         self.rt_priority = rt_priority
         self.last_fresh_s: float | None = None  # when the last fresh action was applied
+        self.trace: deque[CycleTrace] = deque(maxlen=TRACE_CYCLES)
         self.standstill_at_s: float | None = None  # when the robot stood still after braking
 
     def hello(self) -> dict[str, Any]:
@@ -176,16 +180,39 @@ class ControllerRuntime:
         braking = self.safety.overrun(due) if overran else None
         if not overran:
             self.safety.on_time()
+        began = time.monotonic()
+        sent = waited = began
+        action = None
         if braking is None and self.safety.state not in (State.BRAKING, State.FAULT):
             obs, start = self.controller.read_state()
             self.client.send_observation(obs, episode_start=start)
+            sent = time.monotonic()
             budget = min(due + 0.8 * self.loop.period_s, self.safety.hold_deadline_s)
-            action = self.client.receive_action(max(0.0, budget - time.monotonic()))
-            decision = self.safety.decide(time.monotonic(), action)
-        else:
-            decision = self.safety.decide(time.monotonic(), None)
+            action = self.client.receive_action(max(0.0, budget - sent))
+            waited = time.monotonic()
+        decision = self.safety.decide(time.monotonic(), action)
+        self._trace(due, began, sent, waited, action is not None, decision)
         self._act(decision)
         return decision
+
+    def _trace(
+        self, due: float, began: float, sent: float, waited: float, answered: bool, d: Decision
+    ) -> None:
+        fresh = self.last_fresh_s
+        self.trace.append(
+            CycleTrace(
+                (began - due) * 1e3, (sent - began) * 1e3, (waited - sent) * 1e3, answered,
+                d.state.value, None if fresh is None else (waited - fresh) * 1e3,
+            )
+        )  # fmt: skip
+
+    def explain_fault(self, late_answer_s: float | None = None) -> str:
+        """Who was late, by how much, against which window (``fault_trace.explain``)."""
+        return explain(
+            list(self.trace), self.loop.period_s * 1e3,
+            self.safety.config.hold_window_s * 1e3,
+            None if late_answer_s is None else late_answer_s * 1e3,
+        )  # fmt: skip
 
     def _act(self, decision: Decision) -> None:
         now = time.monotonic()
@@ -226,4 +253,5 @@ class ControllerRuntime:
             client=self.client.metrics.snapshot(),
             safety=dict(vars(self.safety.counters)),
             controller=self.controller.status().info,
+            trace=[t.as_dict() for t in self.trace] if self.safety.state is State.FAULT else [],
         )

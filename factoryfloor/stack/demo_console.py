@@ -78,11 +78,11 @@ class Console:
         loop = metrics["loop"]
         rows = [
             ("success rate", f"{metrics['success_rate']:.0%} ({metrics['successes']}/"
-                             f"{metrics['episodes']}; needs {metrics['min_success']:.0%})"),
+                             f"{metrics['episodes']}; needs {metrics['successes_needed']})"),
             ("round trip p50 / p99", f"{rtt.get('p50', 0):.2f} / {rtt.get('p99', 0):.2f} ms"),
             ("deadline misses", f"{loop['missed']} of {loop['cycles']} cycles"),
             ("held cycles", str(metrics["safety"]["held"])),
-            ("faults", f"{metrics['faults']} {metrics['reason']}".strip()),
+            ("faults", _faults(metrics)),
             ("policy server", "ok" if metrics["server_ok"] else "FAILED"),
             ("video", f"{metrics['video']['path']} ({metrics['video']['frames']} frames)"),
             ("result", "PASSED" if metrics["passed"] else "FAILED"),
@@ -100,3 +100,14 @@ class Console:
             style = "green" if metrics["passed"] else "red"
             table.add_row(name, f"[{style}]{value}[/{style}]" if name == "result" else value)
         self.rich.print(table)
+
+
+def _faults(metrics: dict[str, Any]) -> str:
+    """``0``, or the count, the re-arms and each fault's explanation."""
+    details = metrics["fault_details"]
+    if not details:
+        return "0"
+    lines = [f"{len(details)} (re-armed {metrics['rearms']} times, as an operator would)"]
+    lines += [f"{i}. episode {d['episode'] + 1}: {d['explanation']}" for i, d in
+              enumerate(details, 1)]  # fmt: skip
+    return "\n".join(lines)
