@@ -52,6 +52,7 @@ class SimController(RobotController):
         episodes: Episodes to run before ``status().finished``.
         seed: Seed of the first episode (then ``seed + 1``, ...).
         render_mode: ``gymnasium.make``'s render mode (``"human"``: pybullet's window).
+        env_kwargs: Other keyword arguments of ``gymnasium.make`` (e.g. ``physics``).
 
     Attributes:
         results: Per finished episode: ``{"success", "steps", "seed", "commands"}``, where
@@ -66,8 +67,9 @@ class SimController(RobotController):
         episodes: int = 10,
         seed: int = 0,
         render_mode: str | None = None,
+        env_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        self.env = gym.make(task_id, robot=robot, render_mode=render_mode)
+        self.env = gym.make(task_id, robot=robot, render_mode=render_mode, **(env_kwargs or {}))
         self.description = describe_env(self.env, task_id, robot)
         self.episodes, self.seed = episodes, seed
         self.results: list[dict[str, Any]] = []
