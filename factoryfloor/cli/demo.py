@@ -20,8 +20,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--view", action="store_true", help="serve a live view on localhost")
     p.add_argument("--view-port", type=count(0), default=8765, help="live view port (0: any)")
     p.add_argument(
-        "--view-linger", type=float, default=0.0, help="keep the live view up this long after (s)"
-    )
+        "--view-linger", type=float, default=30.0,
+        help="with --view: keep the live view up this long after the run (s)",
+    )  # fmt: skip
     p.add_argument("--min-success", type=float, default=0.9, help="fail below this success rate")
     p.add_argument(
         "--hold-window-ms", type=float, default=20.0, help="the safety layer's hold window (ms)"

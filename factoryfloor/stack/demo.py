@@ -208,9 +208,9 @@ def _run_cell(
     faults: list[dict[str, Any]] = []
     loops: list[dict[str, Any]] = []
     while True:
-        report = runtime.run(None, 0.25, lambda r: _progress(r, console, view))
+        report = runtime.run(None, 0.25, lambda r: _progress(r, console, view, len(faults)))
         loops.append(report.loop)
-        _progress(report, console, view)
+        _progress(report, console, view, len(faults))
         if report.state != State.FAULT.value:
             break
         faults.append(_fault_record(runtime, report))
@@ -258,10 +258,10 @@ def _start_view(options: DemoOptions, controller: SimController, console: Consol
     return view
 
 
-def _progress(report: RuntimeReport, console: Console, view: Any) -> None:
+def _progress(report: RuntimeReport, console: Console, view: Any, faults: int = 0) -> None:
     console.progress(report)
     if view is not None:
-        view.metrics(_live_metrics(report))
+        view.metrics({**_live_metrics(report), "faults": faults})
 
 
 def _live_metrics(report: RuntimeReport) -> dict[str, Any]:
@@ -271,16 +271,21 @@ def _live_metrics(report: RuntimeReport) -> dict[str, Any]:
         "episodes": info.get("episodes"),
         "successes": info.get("successes"),
         "state": report.state,
+        "reason": report.reason or "none",
         "cycles": report.loop["cycles"],
-        "round_trip_p50_ms": round(rtt.get("p50", 0) / 1e3, 3),
-        "round_trip_p99_ms": round(rtt.get("p99", 0) / 1e3, 3),
+        "round_trip_p50_ms": round(rtt.get("p50", 0) / 1e3, 2),
+        "round_trip_p99_ms": round(rtt.get("p99", 0) / 1e3, 2),
         "deadline_misses": report.loop["missed"],
+        "status": f"running: {info.get('episodes', 0)} episodes done",
     }
 
 
 def _linger(view: Any, seconds: float, console: Console) -> None:
+    """Keep the live view up ``seconds`` after the run, saying so on the terminal and page."""
     if seconds > 0:
-        console.note(f"live view stays up {seconds:.0f} s more: {view.url}")
+        text = f"the run has ended; this page stays up {seconds:.0f} s more (Ctrl-C ends it)"
+        view.status(text)
+        console.note(f"live view stays up {seconds:.0f} s more: {view.url} (Ctrl-C ends it)")
         time.sleep(seconds)
     view.close()
 

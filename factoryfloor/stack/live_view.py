@@ -30,18 +30,40 @@ PAGE = """<!doctype html>
 td{padding:2px 12px}#cam{border:1px solid #444}</style></head>
 <body><h2>factoryfloor: __TASK__</h2>
 <img id="cam" src="/stream.mjpg" width="640" height="480">
+<p id="status"></p>
 <table id="metrics"></table>
 <script>
+const LABELS = __LABELS__;
 async function refresh() {
   try {
     const m = await (await fetch('/metrics.json', {cache: 'no-store'})).json();
-    document.getElementById('metrics').innerHTML = Object.entries(m)
-      .map(([k, v]) => `<tr><td>${k}</td><td id="m-${k}">${v}</td></tr>`).join('');
-  } catch (e) {}
+    document.getElementById('status').textContent = m.status || '';
+    document.getElementById('metrics').innerHTML = Object.entries(LABELS)
+      .filter(([k]) => k in m)
+      .map(([k, [label, unit]]) =>
+        `<tr><td>${label}</td><td><span id="m-${k}">${m[k]}</span> ${unit}</td></tr>`)
+      .join('');
+  } catch (e) {
+    document.getElementById('status').textContent =
+      'the demo has ended: this page is no longer live';
+  }
 }
 setInterval(refresh, 300); refresh();
 </script></body></html>
 """
+# metric key -> (label, unit) shown on the page, in this order; values arrive rounded
+LABELS: dict[str, tuple[str, str]] = {
+    "episodes": ("episodes done", ""),
+    "successes": ("successful episodes", ""),
+    "state": ("safety state", ""),
+    "reason": ("fault reason", ""),
+    "faults": ("faults (re-armed)", ""),
+    "cycles": ("control cycles", ""),
+    "round_trip_p50_ms": ("policy round trip, median", "ms"),
+    "round_trip_p99_ms": ("policy round trip, 99th percentile", "ms"),
+    "deadline_misses": ("missed control deadlines", ""),
+    "frames": ("frames streamed", ""),
+}
 
 
 class LiveView:
@@ -76,6 +98,10 @@ class LiveView:
     def metrics(self, values: dict[str, Any]) -> None:
         """Publish the latest metrics (JSON-ready values)."""
         self._put(("metrics", values))
+
+    def status(self, text: str) -> None:
+        """Show ``text`` above the metrics (e.g. that the run ended and the page lingers)."""
+        self._put(("status", text))
 
     def _put(self, item: tuple[str, Any]) -> None:
         with contextlib.suppress(queue.Full):  # the viewer fell behind: the loop must not wait
@@ -130,6 +156,8 @@ def _viewer_main(
             dirty = True
         elif kind == "metrics":
             state.metrics = value
+        elif kind == "status":
+            state.metrics = {**state.metrics, "status": value}
         if dirty and time.monotonic() - last_render >= 1.0 / fps and commands.empty():
             rgb = camera.rgb(*FRAME_SIZE)
             ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
@@ -143,13 +171,14 @@ def _viewer_main(
 
 
 def _handler(state: _State, task_id: str) -> type[http.server.BaseHTTPRequestHandler]:
-    page = PAGE.replace("__TASK__", task_id).encode("utf-8")
+    page = PAGE.replace("__TASK__", task_id).replace("__LABELS__", json.dumps(LABELS))
+    page_bytes = page.encode("utf-8")
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             route = self.path.split("?")[0]
             if route == "/":
-                self._send(200, "text/html; charset=utf-8", page)
+                self._send(200, "text/html; charset=utf-8", page_bytes)
             elif route == "/metrics.json":
                 body = json.dumps({**state.metrics, "frames": state.frames}).encode()
                 self._send(200, "application/json", body)

@@ -61,6 +61,10 @@ def page_numbers(url: str) -> dict[str, float]:
         dom = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
         numbers = {k: float(v) for k, v in re.findall(r'id="m-(\w+)">([-\d.]+)<', dom)}
         if "cycles" in numbers:
+            # named rows with units, not raw keys; the safety state and the fault reason
+            assert "policy round trip, median" in dom and "control cycles" in dom
+            assert re.search(r'id="m-round_trip_p50_ms">[\d.]+</span> ms', dom), dom[-2000:]
+            assert 'id="m-state">RUNNING<' in dom and "fault reason" in dom
             return numbers
     raise AssertionError(f"the page never showed its metrics:\n{dom[-2000:]}")
 
