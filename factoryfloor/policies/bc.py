@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from factoryfloor.policies.demos import Demos
+from factoryfloor.policies.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ def behaviour_clone(
     batch_size: int = 256,
     learning_rate: float = 1e-3,
     seed: int = 0,
+    progress: bool = True,
 ) -> CloneResult:
     """Fit ``model``'s actor to the demonstrations (in place).
 
@@ -86,6 +88,7 @@ def behaviour_clone(
         batch_size: Transitions per gradient step.
         learning_rate: Initial Adam learning rate, decayed to 0 by a cosine schedule.
         seed: Seed of the minibatch order.
+        progress: Show progress per epoch (a bar on a terminal, lines elsewhere).
 
     Raises:
         ValueError: For a model without an actor (e.g. PPO) or ``epochs`` < 1.
@@ -107,19 +110,22 @@ def behaviour_clone(
     model.policy.set_training_mode(True)
     losses = []
     n = len(t_act)
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator).to(device)
-        total = 0.0
-        for i in range(0, n, batch_size):
-            idx = order[i : i + batch_size]
-            predicted = _deterministic_action(model, {k: v[idx] for k, v in t_obs.items()})
-            loss = torch.mean((predicted - t_act[idx]) ** 2)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(idx)
-        schedule.step()
-        losses.append(total / n)
+    label = f"behaviour cloning on {n:,} transitions"
+    with Progress(label, epochs, "epochs", enabled=progress) as bar:
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=generator).to(device)
+            total = 0.0
+            for i in range(0, n, batch_size):
+                idx = order[i : i + batch_size]
+                predicted = _deterministic_action(model, {k: v[idx] for k, v in t_obs.items()})
+                loss = torch.mean((predicted - t_act[idx]) ** 2)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(idx)
+            schedule.step()
+            losses.append(total / n)
+            bar.advance(note=f"loss {losses[-1]:.4f}")
     model.policy.set_training_mode(False)
     if hasattr(model, "actor_target"):  # TD3: the target starts from the cloned actor
         model.actor_target.load_state_dict(model.actor.state_dict())

@@ -47,7 +47,8 @@ import numpy as np
 
 from factoryfloor.edge_runtime.spec import space_fields
 from factoryfloor.policies.atomic import atomic_write_stream
-from factoryfloor.policies.rollout import run_episode
+from factoryfloor.policies.progress import Progress
+from factoryfloor.policies.rollout import Episode, run_episode
 
 FORMAT = "factoryfloor-demos"
 FORMAT_VERSION = 2  # 2: spaces as edge_runtime.spec fields (1: {key: {shape, dtype}})
@@ -91,6 +92,7 @@ def record_demos(
     only_successful: bool = True,
     max_attempts: int | None = None,
     command: str | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Run the scripted expert and write ``episodes`` episodes to ``out_dir`` (format above).
 
@@ -106,6 +108,7 @@ def record_demos(
         only_successful: Keep only episodes that end with ``is_success``.
         max_attempts: Attempts before giving up (default: ``2 * episodes + 10``).
         command: Command line recorded in the index (default: ``sys.argv``).
+        progress: Show progress (a bar on a terminal, a line every 10 s elsewhere).
 
     Returns:
         The index written to ``demos.json``.
@@ -114,7 +117,6 @@ def record_demos(
         DemosError: When ``out_dir`` already holds demonstrations, or too many attempts failed.
     """
     import factoryfloor  # noqa: F401  (registers the envs)
-    from factoryfloor.policies.scripted import make_expert
 
     if episodes < 1:
         raise DemosError(f"episodes={episodes}: record at least 1 episode")
@@ -127,32 +129,10 @@ def record_demos(
     env = gym.make(env_id, **env_kwargs)
     try:
         obs_spec, act_spec = _space_spec(env)
-        expert = make_expert(env)
-        written: list[dict[str, Any]] = []
-        attempts = 0
-        while len(written) < episodes:
-            if attempts >= max_attempts:
-                raise DemosError(
-                    f"only {len(written)} of {episodes} successful episodes in {attempts} "
-                    f"attempts of the {env_id} expert; pass only_successful=False to keep failures"
-                )
-            arrays = run_episode(
-                env, expert.act, seed + attempts, reset_policy=expert.reset, keep=True
-            ).arrays()
-            attempts += 1
-            success = bool(arrays["is_success"][-1])
-            if only_successful and not success:
-                continue
-            name = f"episode_{len(written):05d}.npz"
-            atomic_write_stream(out / name, lambda f, a=arrays: np.savez_compressed(f, **a))
-            written.append(
-                {
-                    "file": name,
-                    "seed": seed + attempts - 1,
-                    "length": len(arrays["actions"]),
-                    "success": success,
-                    "return": float(arrays["rewards"].sum()),
-                }
+        label = f"recording {env_id} expert demonstrations"
+        with Progress(label, episodes, "episodes", enabled=progress) as bar:
+            written, attempts = _record(
+                env, out, episodes, seed, only_successful, max_attempts, bar
             )
     finally:
         env.close()
@@ -174,6 +154,48 @@ def record_demos(
     text = json.dumps(index, indent=1) + "\n"
     atomic_write_stream(out / INDEX, lambda f: f.write(text.encode("utf-8")))
     return index
+
+
+def _record(
+    env: gym.Env[Any, Any], out: Path, episodes: int, seed: int, only_successful: bool,
+    max_attempts: int, bar: Progress,
+) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
+    """Run expert attempts (seeds ``seed``, ``seed + 1``, ...) until ``episodes`` are written.
+
+    Returns:
+        The index entries of the episodes written, and the attempts made.
+    """
+    from factoryfloor.policies.scripted import make_expert
+
+    expert = make_expert(env)
+    written: list[dict[str, Any]] = []
+    attempts = 0
+    while len(written) < episodes:
+        if attempts >= max_attempts:
+            raise DemosError(
+                f"only {len(written)} of {episodes} successful episodes in {attempts} attempts "
+                f"of the expert; pass only_successful=False (--keep-failures) to keep failures"
+            )
+        episode = run_episode(
+            env, expert.act, seed + attempts, reset_policy=expert.reset, keep=True
+        )
+        attempts += 1
+        if only_successful and not episode.success:
+            continue
+        written.append(_write_episode(out, len(written), episode))
+        bar.advance(note=f"{attempts} attempts")
+    return written, attempts
+
+
+def _write_episode(out: Path, number: int, episode: Episode) -> dict[str, Any]:
+    """Write one episode's ``.npz`` atomically; its index entry."""
+    name = f"episode_{number:05d}.npz"
+    arrays = episode.arrays()
+    atomic_write_stream(out / name, lambda f: np.savez_compressed(f, **arrays))
+    return {
+        "file": name, "seed": episode.seed, "length": episode.length,
+        "success": episode.success, "return": episode.total_return,
+    }  # fmt: skip
 
 
 def _version() -> str:

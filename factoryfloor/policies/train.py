@@ -299,8 +299,10 @@ def _record_run_demos(cfg: TrainConfig, run_dir: Path) -> Path:
 
     folder = run_dir / "demos"
     if not (folder / INDEX).is_file():
-        robot = cfg.robot
-        record_demos(cfg.task, cfg.demo_episodes, folder, robot=robot, seed=cfg.seed)
+        record_demos(
+            cfg.task, cfg.demo_episodes, folder, robot=cfg.robot, seed=cfg.seed,
+            progress=bool(cfg.progress_bar),
+        )  # fmt: skip
     return folder
 
 
@@ -326,8 +328,9 @@ def _add_demos(
         print(f"replay buffer seeded with {added} demonstration transitions from {cfg.demos}")
     if cfg.bc_epochs:
         result = behaviour_clone(
-            model, demos, cfg.bc_epochs, cfg.bc_batch_size, cfg.bc_learning_rate, cfg.seed
-        )
+            model, demos, cfg.bc_epochs, cfg.bc_batch_size, cfg.bc_learning_rate, cfg.seed,
+            progress=bool(cfg.progress_bar),
+        )  # fmt: skip
         text = json.dumps({"demos": cfg.demos, **result.to_dict()}, indent=1) + "\n"
         ckpt.atomic_write_text(run_dir / "bc.json", text)
         vecnorm = model.get_vec_normalize_env()
