@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 
 import factoryfloor  # noqa: F401  (registers the envs)
-from factoryfloor.policies.rollout import Policy, run_episode
+from factoryfloor.policies.rollout import Episode, Policy, run_episode
 from factoryfloor.policies.scripted import make_expert
 from factoryfloor.policies.video import VideoWriter
 
@@ -155,17 +155,15 @@ def evaluate(
         env.close()
         raise
     writer = VideoWriter(video, fps=env.metadata["render_fps"]) if video is not None else None
-    returns, lengths, successes, steps = [], [], [], 0
     start = time.perf_counter()
     try:
-        for episode in range(episodes):
-            record = writer if writer is not None and episode < video_episodes else None
-            frame = (lambda e, w=record: w.write(e.render())) if record is not None else None
-            done = run_episode(env, act, seed + episode, reset_policy=reset_policy, observer=frame)
-            returns.append(done.total_return)
-            lengths.append(done.length)
-            successes.append(done.success)
-            steps += done.length
+        runs = [
+            run_episode(
+                env, act, seed + i, reset_policy=reset_policy,
+                observer=_recorder(writer) if i < video_episodes else None,
+            )
+            for i in range(episodes)
+        ]  # fmt: skip
     except BaseException:
         if writer is not None:
             writer.close(keep=False)
@@ -174,18 +172,25 @@ def evaluate(
         env.close()
     if writer is not None:
         writer.close()
-    wall = time.perf_counter() - start
+    return _summary(env_id, robot, policy, seed, runs, time.perf_counter() - start)
+
+
+def _recorder(writer: VideoWriter | None) -> Callable[[gym.Env[Any, Any]], None] | None:
+    """An episode observer writing each rendered frame, or None without a writer."""
+    if writer is None:
+        return None
+    return lambda env: writer.write(env.render())
+
+
+def _summary(
+    env_id: str, robot: str, policy: str, seed: int, runs: list[Episode], wall_s: float
+) -> EvalResult:
+    lengths = [r.length for r in runs]
     return EvalResult(
-        env_id=env_id,
-        robot=robot,
-        policy=policy,
-        episodes=episodes,
-        seed=seed,
-        success_rate=float(np.mean(successes)),
-        mean_return=float(np.mean(returns)),
+        env_id=env_id, robot=robot, policy=policy, episodes=len(runs), seed=seed,
+        success_rate=float(np.mean([r.success for r in runs])),
+        mean_return=float(np.mean([r.total_return for r in runs])),
         mean_episode_length=float(np.mean(lengths)),
-        successes=successes,
-        episode_lengths=lengths,
-        wall_time_s=wall,
-        env_steps_per_s=steps / wall,
-    )
+        successes=[r.success for r in runs], episode_lengths=lengths,
+        wall_time_s=wall_s, env_steps_per_s=sum(lengths) / wall_s,
+    )  # fmt: skip
