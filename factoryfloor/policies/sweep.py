@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from factoryfloor.policies.atomic import atomic_write_json
+from factoryfloor.policies.progress import Progress
 from factoryfloor.policies.train_config import ConfigError, load_config, read_yaml
 
 
@@ -117,6 +118,7 @@ def run_sweep(
     ]  # fmt: skip
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
+    bar = Progress(f"sweep of {task} ({algo})", len(trials), "trials")
     scheduler = None
     if early_stop:
         every = max(1, base.eval_every_steps)
@@ -127,13 +129,33 @@ def run_sweep(
         tune.with_resources(_trial, {"cpu": 1}),
         param_space={"trial": tune.grid_search(trials)},
         tune_config=tune.TuneConfig(metric="success_rate", mode="max", scheduler=scheduler),
-        run_config=tune.RunConfig(name="sweep", storage_path=str(out / "tune"), verbose=0),
-    )
-    results = tuner.fit()
+        run_config=tune.RunConfig(
+            name="sweep", storage_path=str(out / "tune"), verbose=0,
+            callbacks=[_trial_progress(bar)],
+        ),
+    )  # fmt: skip
+    with bar:
+        results = tuner.fit()
     summary = summarize(results, trials)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def _trial_progress(bar: Progress) -> Any:
+    """A Ray Tune callback advancing ``bar`` as each trial ends (done, stopped or failed)."""
+    from ray.tune import Callback
+
+    class TrialProgress(Callback):  # type: ignore[misc]
+        def on_trial_complete(
+            self, iteration: int, trials: list[Any], trial: Any, **_: Any
+        ) -> None:
+            bar.advance(note=f"last: {trial.trial_id}")
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **_: Any) -> None:
+            bar.advance(note=f"{trial.trial_id} failed")
+
+    return TrialProgress()
 
 
 def summarize(results: Any, trials: list[dict[str, Any]]) -> dict[str, Any]:
