@@ -132,6 +132,7 @@ class ControllerRuntime:
         self.rt_priority = rt_priority
         self.last_fresh_s: float | None = None  # when the last fresh action was applied
         self.trace: deque[CycleTrace] = deque(maxlen=TRACE_CYCLES)
+        self._began_s: float | None = None  # when the last cycle began (for the trace's gaps)
         self.standstill_at_s: float | None = None  # when the robot stood still after braking
 
     def hello(self) -> dict[str, Any]:
@@ -144,8 +145,9 @@ class ControllerRuntime:
         """Leave FAULT and open a new session (raises ``HandshakeError`` when refused)."""
         welcome = self.client.handshake(self.hello())
         self.safety.rearm(time.monotonic())
-        self.last_fresh_s = self.standstill_at_s = None
+        self.last_fresh_s = self.standstill_at_s = self._began_s = None
         self.loop = FixedRateLoop(self.rate_hz)
+        self.trace.clear()
         return welcome
 
     def run(
@@ -198,11 +200,17 @@ class ControllerRuntime:
     def _trace(
         self, due: float, began: float, sent: float, waited: float, answered: bool, d: Decision
     ) -> None:
+        stopping = (State.BRAKING.value, State.FAULT.value)
+        if d.state.value in stopping and self.trace and self.trace[-1].state in stopping:
+            return  # the trace ends at the cycle that began braking: that is the one to explain
         fresh = self.last_fresh_s
+        before = began if self._began_s is None else self._began_s
+        self._began_s = began
         self.trace.append(
             CycleTrace(
-                (began - due) * 1e3, (sent - began) * 1e3, (waited - sent) * 1e3, answered,
-                d.state.value, None if fresh is None else (waited - fresh) * 1e3,
+                (began - before) * 1e3, (began - due) * 1e3, (sent - began) * 1e3,
+                (waited - sent) * 1e3, answered, d.state.value,
+                None if fresh is None else (waited - fresh) * 1e3,
             )
         )  # fmt: skip
 

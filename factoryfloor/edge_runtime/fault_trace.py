@@ -20,6 +20,8 @@ class CycleTrace:
     """One control cycle's timings (ms), relative to its due time.
 
     Attributes:
+        gap_ms: Time since the previous cycle began (ms): about one period, unless the loop
+            stalled (skipped cycles are re-aligned to the next due time).
         started_late_ms: When the cycle began its work, after its due time (ms).
         work_ms: Reading the state and sending the observation (ms).
         waited_ms: Waiting for the policy's answer (ms).
@@ -28,6 +30,7 @@ class CycleTrace:
         since_fresh_ms: Time since the last fresh action was applied, at the decision (ms).
     """
 
+    gap_ms: float
     started_late_ms: float
     work_ms: float
     waited_ms: float
@@ -62,7 +65,13 @@ def explain(
         f"window {window:.0f} ms = {period_ms:.0f} ms period + {hold_window_ms:.0f} ms hold"
     )
     since = f"{last.since_fresh_ms:.1f} ms" if last.since_fresh_ms is not None else "ever"
-    if last.started_late_ms > hold_window_ms / 2 or last.work_ms > hold_window_ms / 2:
+    stalled = last.gap_ms - period_ms
+    if stalled > hold_window_ms / 2:
+        who = (
+            f"the controller was late: its loop ran no cycle for {last.gap_ms:.1f} ms "
+            f"({stalled:.1f} ms more than a period; its process did not get the CPU)"
+        )
+    elif last.started_late_ms > hold_window_ms / 2 or last.work_ms > hold_window_ms / 2:
         who = (
             f"the controller was late: its cycle started {last.started_late_ms:.1f} ms after "
             f"its due time and its own work took {last.work_ms:.1f} ms (its process did not get "

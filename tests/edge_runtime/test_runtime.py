@@ -108,3 +108,6 @@ def test_fault_detection_time_is_the_period_plus_the_hold_window():
     # the lower bound allows 2 ms: the fresh action is stamped when applied, the check at a
     # cycle's start)
     assert 0.01 + 0.02 - 0.002 <= report.fault_detected_after_s <= 0.01 + 0.02 + 0.03
+    # the report keeps the last cycles; the faulting one got no answer
+    assert report.trace and report.trace[-1]["state"] == "BRAKING"
+    assert not report.trace[-1]["answered"] and report.trace[0]["answered"]
