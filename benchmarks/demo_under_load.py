@@ -50,7 +50,7 @@ def calibration() -> dict[str, Any] | None:
 def demo_command(out: Path, view: bool, episodes: int) -> list[str]:
     cmd = [sys.executable, "-m", "factoryfloor.cli", "demo", "--out", str(out),
            "--episodes", str(episodes), "--video-episodes", "1"]  # fmt: skip
-    return [*cmd, "--view", "--view-port", "0"] if view else cmd
+    return [*cmd, "--view", "--view-port", "0", "--view-linger", "0"] if view else cmd
 
 
 def start_browser(url: str, profile: Path) -> subprocess.Popen[bytes]:

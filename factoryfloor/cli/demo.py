@@ -31,6 +31,10 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--max-rearms", type=count(0), default=3,
         help="faults after which the demo re-arms, as an operator would (one more stops it)",
     )  # fmt: skip
+    p.add_argument(
+        "--no-realtime", action="store_true",
+        help="run the loop and server under the default scheduler even where SCHED_FIFO is allowed",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
 
 
@@ -44,6 +48,6 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed, video_episodes=args.video_episodes, gui=args.gui, view=args.view,
             view_port=args.view_port, view_linger_s=args.view_linger, out=args.out,
             min_success=args.min_success, hold_window_s=args.hold_window_ms / 1e3,
-            max_rearms=args.max_rearms,
+            max_rearms=args.max_rearms, realtime=not args.no_realtime,
         )
     )  # fmt: skip

@@ -31,6 +31,7 @@ import numpy as np
 from factoryfloor.edge_runtime.bundle import BundleError, load_bundle
 from factoryfloor.edge_runtime.client import EdgeClient
 from factoryfloor.edge_runtime.controller import ControllerRuntime, RuntimeReport
+from factoryfloor.edge_runtime.realtime import HOW_TO_ALLOW, realtime_allowed
 from factoryfloor.edge_runtime.safety import Decision, State
 from factoryfloor.edge_runtime.serve import ServeOptions
 from factoryfloor.edge_runtime.server import ServerConfig
@@ -41,6 +42,7 @@ from factoryfloor.stack.demo_console import Console
 from factoryfloor.stack.policy_server import ServerJob, ServerProcess
 from factoryfloor.stack.sim_cell import SimController
 
+DEMO_RT_PRIORITY = 50  # SCHED_FIFO priority of the demo's loop and server, where allowed
 LATE_ANSWER_WAIT_S = 0.5  # after a FAULT: how long to wait for the late answer (s)
 
 
@@ -64,6 +66,8 @@ class DemoOptions:
         hold_window_s: The safety layer's hold window (s).
         max_rearms: Faults after which the demo re-arms (as an operator would) and goes on;
             one more stops it, failed.
+        realtime: Run the control loop and the policy server's thread under ``SCHED_FIFO``
+            (``DEMO_RT_PRIORITY``) where the system allows it, as a deployed controller would.
     """
 
     task: str = "factoryfloor/PickPlace-v0"
@@ -80,6 +84,7 @@ class DemoOptions:
     min_success: float = 0.9
     hold_window_s: float = 0.020
     max_rearms: int = 3
+    realtime: bool = True
 
 
 def required_successes(min_success: float, episodes: int) -> int:
@@ -172,14 +177,16 @@ def run_demo(options: DemoOptions) -> int:
         render_mode=_render_mode(options, console),
     )  # fmt: skip
     view = _start_view(options, controller, console)
+    rt = _realtime(options, console)
     with tempfile.TemporaryDirectory(prefix="ff-demo-") as tmp:
-        server = ServerProcess(_server_job(policy, options), Path(tmp))
+        server = ServerProcess(_server_job(policy, options, rt), Path(tmp))
         endpoint = server.start()
         client = EdgeClient(endpoint)
         try:
             runtime = DemoRuntime(
-                controller, client, hold_window_s=options.hold_window_s, name="demo"
-            )
+                controller, client, hold_window_s=options.hold_window_s, name="demo",
+                rt_priority=rt,
+            )  # fmt: skip
             welcome = runtime.rearm()
             console.start(options, welcome, endpoint, view.url if view else None)
             report, faults = _run_cell(runtime, options, console, view)
@@ -190,6 +197,7 @@ def run_demo(options: DemoOptions) -> int:
             if view is not None:
                 _linger(view, options.view_linger_s, console)
     metrics = _metrics(options, policy, report, runtime, client, server_ok, faults)
+    metrics["scheduling"] = f"SCHED_FIFO {rt}" if rt is not None else "default (SCHED_OTHER)"
     _write_outputs(options, controller, runtime, client, metrics, console)
     controller.close()
     console.summary(metrics)
@@ -290,9 +298,24 @@ def _linger(view: Any, seconds: float, console: Console) -> None:
     view.close()
 
 
-def _server_job(policy: str, options: DemoOptions) -> ServerJob:
+def _realtime(options: DemoOptions, console: Console) -> int | None:
+    """The ``SCHED_FIFO`` priority of the control loop and the server, or None (and why)."""
+    if not options.realtime:
+        return None
+    if realtime_allowed(DEMO_RT_PRIORITY):
+        console.note(f"control loop and policy server at real-time priority (SCHED_FIFO "
+                     f"{DEMO_RT_PRIORITY}), as on a deployed controller")  # fmt: skip
+        return DEMO_RT_PRIORITY
+    console.note(
+        "real-time priority is not allowed here, so the control loop shares the CPU with "
+        f"everything else (a busy machine may fault it); to allow it, {HOW_TO_ALLOW}"
+    )
+    return None
+
+
+def _server_job(policy: str, options: DemoOptions, rt_priority: int | None) -> ServerJob:
     return ServerJob(
-        policy=policy, task=options.task, robot=options.robot,
+        policy=policy, task=options.task, robot=options.robot, rt_priority=rt_priority,
         config=ServerConfig(bind="tcp://127.0.0.1:0"),
         options=ServeOptions(
             report_every_s=5.0, metrics_jsonl=options.out / "server_metrics.jsonl"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from factoryfloor.edge_runtime.bundle import load_bundle
+from factoryfloor.edge_runtime.realtime import set_realtime_priority
 from factoryfloor.edge_runtime.serve import ServeOptions, serve
 from factoryfloor.edge_runtime.served import BundleServedPolicy, ServedPolicy
 from factoryfloor.edge_runtime.server import ServerConfig
@@ -51,6 +52,8 @@ class ServerJob:
         robot: Robot of ``expert``.
         config: Server configuration (bind address, limits).
         options: Serving options (keys, metrics, ready file).
+        rt_priority: Serve from a ``SCHED_FIFO`` thread at this priority (None: default
+            scheduler); the ZeroMQ I/O thread created after it inherits it.
     """
 
     policy: str
@@ -58,10 +61,17 @@ class ServerJob:
     robot: str = "panda"
     config: ServerConfig = field(default_factory=ServerConfig)
     options: ServeOptions = field(default_factory=ServeOptions)
+    rt_priority: int | None = None
 
 
 def serve_policy(job: ServerJob) -> int:
-    """Serve ``job.policy`` until SIGINT/SIGTERM; the exit status of ``serve``."""
+    """Serve ``job.policy`` until SIGINT/SIGTERM; the exit status of ``serve``.
+
+    Raises:
+        EdgeError: When ``job.rt_priority`` is refused by the system.
+    """
+    if job.rt_priority is not None:
+        set_realtime_priority(job.rt_priority)
     return serve(served_policy(job.policy, job.task, job.robot), job.config, job.options)
 
 
