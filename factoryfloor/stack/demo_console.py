@@ -10,7 +10,13 @@ from factoryfloor.edge_runtime.controller import RuntimeReport
 
 
 class Console:
-    """Progress and summary of ``factoryfloor demo``."""
+    """Progress and summary of ``factoryfloor demo``.
+
+    The bar is redrawn from the control loop's own progress callback (``auto_refresh`` off):
+    rich's refresh thread would compete with the loop for the GIL, and a thread holding the GIL
+    while the OS runs something else stalls the loop (seen: 40-80 ms under load). Without a
+    terminal, one line per finished episode replaces the bar.
+    """
 
     def __init__(self) -> None:
         try:
@@ -23,7 +29,9 @@ class Console:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[stats]}"), console=self.rich, transient=False,
+                auto_refresh=False,
             )  # fmt: skip
+        self.live = self.rich is not None and self.rich.is_terminal
         self._task: Any = None
         self._last_episodes = -1
 
@@ -41,7 +49,7 @@ class Console:
             f"{endpoint}, {welcome['control_rate_hz']:g} Hz, {options.episodes} episodes in "
             "real time"
         )
-        if self.rich is not None:
+        if self.live:
             self._progress.start()
             self._task = self._progress.add_task("episodes", total=options.episodes, stats="")
 
@@ -54,8 +62,9 @@ class Console:
             f"rtt p50 {rtt.get('p50', 0) / 1e3:.2f} ms p99 {rtt.get('p99', 0) / 1e3:.2f} ms  "
             f"misses {report.loop['missed']}  {report.state}"
         )
-        if self.rich is not None and self._task is not None:
+        if self.live and self._task is not None:
             self._progress.update(self._task, completed=info.get("episodes", 0), stats=stats)
+            self._progress.refresh()
         elif info.get("episodes", 0) != self._last_episodes:
             self._last_episodes = info.get("episodes", 0)
             print(f"episodes {self._last_episodes}: {stats}", flush=True)
