@@ -32,8 +32,8 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="faults after which the demo re-arms, as an operator would (one more stops it)",
     )  # fmt: skip
     p.add_argument(
-        "--no-realtime", action="store_true",
-        help="run the loop and server under the default scheduler even where SCHED_FIFO is allowed",
+        "--rt-priority", type=int,
+        help="run the control loop and the server under SCHED_FIFO at this priority (1-99)",
     )  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
 
@@ -48,6 +48,6 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed, video_episodes=args.video_episodes, gui=args.gui, view=args.view,
             view_port=args.view_port, view_linger_s=args.view_linger, out=args.out,
             min_success=args.min_success, hold_window_s=args.hold_window_ms / 1e3,
-            max_rearms=args.max_rearms, realtime=not args.no_realtime,
+            max_rearms=args.max_rearms, rt_priority=args.rt_priority,
         )
     )  # fmt: skip

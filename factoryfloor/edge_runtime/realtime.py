@@ -59,28 +59,6 @@ def set_realtime_priority(priority: int) -> None:
         ) from None
 
 
-def realtime_allowed(priority: int) -> bool:
-    """Whether this process may run a thread under ``SCHED_FIFO`` at ``priority``.
-
-    Tried on a short-lived thread, so the caller's own scheduling is left as it is.
-    """
-    import threading
-
-    allowed: list[bool] = []
-
-    def probe() -> None:
-        try:
-            set_realtime_priority(priority)
-            allowed.append(True)
-        except (EdgeError, ValueError, OSError):
-            allowed.append(False)
-
-    thread = threading.Thread(target=probe, name="ff-rt-probe")
-    thread.start()
-    thread.join()
-    return bool(allowed and allowed[0])
-
-
 def scheduling_policy() -> str:
     """The calling thread's policy, e.g. ``"SCHED_FIFO 80"`` or ``"SCHED_OTHER"``."""
     if not hasattr(os, "sched_getscheduler"):

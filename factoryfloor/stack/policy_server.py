@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from factoryfloor.edge_runtime.bundle import load_bundle
+from factoryfloor.edge_runtime.protocol import EdgeError
 from factoryfloor.edge_runtime.realtime import set_realtime_priority
 from factoryfloor.edge_runtime.serve import ServeOptions, serve
 from factoryfloor.edge_runtime.served import BundleServedPolicy, ServedPolicy
@@ -103,14 +104,15 @@ class ServerProcess:
         """Start the child and wait until it serves; its endpoint.
 
         Raises:
-            RuntimeError: With the end of its log, when it exits or hangs before serving.
+            EdgeError: With the end of its log, when it exits or hangs before serving.
         """
         self.process.start()
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.ready_file.exists():
             if not self.process.is_alive() or time.monotonic() > deadline:
                 self.process.kill()
-                raise RuntimeError(f"the policy server did not start: {self.log_tail()}")
+                tail = " | ".join(self.log_tail(600).splitlines()[-3:])
+                raise EdgeError(f"the policy server did not start: {tail}")
             time.sleep(0.05)
         return self.ready_file.read_text(encoding="utf-8").strip()
 
