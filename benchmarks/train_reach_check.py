@@ -3,7 +3,7 @@
 Runs exactly what a user runs, ``factoryfloor train factoryfloor/Reach-v0`` with the shipped
 default config (``factoryfloor/policies/configs/reach_sac.yaml``), once per seed, as a fresh
 process pinned to 2 CPU cores (when the machine has more). The run's ``evaluations.jsonl``
-(50 seeded evaluation episodes every 500 env steps) gives, for the first evaluation at >= 95%:
+(50 seeded evaluation episodes every 1,000 env steps) gives, for the first evaluation at >= 95%:
 
 * wall time from launching the command (imports, env and model set-up, training and every
   evaluation so far included), and from the start of ``train()``;

@@ -26,6 +26,7 @@ import inspect
 import json
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
@@ -39,6 +40,7 @@ from stable_baselines3 import HerReplayBuffer
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
 from factoryfloor.policies import checkpoint as ckpt
@@ -271,7 +273,7 @@ def _load_last(
         last, "model", lambda p: cls.load(p, env=venv, device=device, tensorboard_log=tb)
     )
     if "replay_buffer" in last.paths:
-        ckpt.load_file(last, "replay_buffer", model.load_replay_buffer)
+        ckpt.load_file(last, "replay_buffer", _load_replay_buffer(model))
     elif cfg.off_policy:  # saved without it: collect afresh before the next update
         model.learning_starts = model.num_timesteps + cfg.learning_starts
     rng = ckpt.load_file(last, "rng", ckpt.unpickle)
@@ -291,6 +293,34 @@ def _load_last(
         vecnorm.training = not cfg.bc_epochs  # see _add_demos
         model._last_original_obs = vecnorm.get_original_obs()
     return model, venv
+
+
+def _load_replay_buffer(model: BaseAlgorithm) -> Callable[[Path], None]:
+    """A loader of a saved replay buffer into ``model`` that ends its unfinished episode.
+
+    A checkpoint is usually written mid-episode, and ``_load_last`` never continues that
+    episode: it starts fresh ones from the saved generators. So the buffer's last trajectory
+    must be truncated (``truncate_last_traj=True``: its last transition is marked done, and a
+    time-out so that it still bootstraps), else HER would join it to the next episode when
+    relabelling goals. SB3 warns that it truncates ("If you are in the same episode ...");
+    here that is the intent, so only that message is silenced, for this call only.
+
+    Args:
+        model: The off-policy model being resumed.
+
+    Returns:
+        A ``load(path)`` for ``ckpt.load_file``.
+    """
+    assert isinstance(model, OffPolicyAlgorithm)
+
+    def load(path: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message="The last trajectory in the replay buffer will be truncated"
+            )
+            model.load_replay_buffer(path, truncate_last_traj=True)
+
+    return load
 
 
 def _record_run_demos(cfg: TrainConfig, run_dir: Path) -> Path:

@@ -9,16 +9,62 @@ velocities in m/s; joint positions in rad (revolute) or m (prismatic).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
-import pybullet as pb
-from pybullet_utils.bullet_client import BulletClient
+
+
+@contextlib.contextmanager
+def _quiet_c_output() -> Iterator[None]:
+    """Send what C code writes to file descriptors 1 and 2 to /dev/null while inside.
+
+    pybullet prints its build time on import and ``argv[0]=`` on connect with C ``printf``,
+    which bypasses ``sys.stdout``; only redirecting the descriptors hides it. Python's and C's
+    buffers are flushed on entry and exit, so nothing written before leaks in and nothing
+    written inside comes out later. The descriptors are restored even when the body raises,
+    and the exception propagates unchanged.
+
+    Yields:
+        None, with descriptors 1 and 2 pointing at /dev/null.
+    """
+    try:
+        libc_fflush = ctypes.CDLL(None).fflush  # fflush(NULL) flushes every C stream
+    except (OSError, AttributeError):  # no C library handle (Windows): Python's flush only
+        libc_fflush = None
+
+    def flush() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
+        if libc_fflush is not None:
+            libc_fflush(None)
+
+    flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
+with _quiet_c_output():
+    import pybullet as pb
+    from pybullet_utils.bullet_client import BulletClient
 
 _MODES = {"direct": pb.DIRECT, "gui": pb.GUI}
 _SHAPES = {"box": pb.GEOM_BOX, "cylinder": pb.GEOM_CYLINDER, "sphere": pb.GEOM_SPHERE}
@@ -72,7 +118,10 @@ class PyBullet:
             )
         self.mode = mode
         self.physics = physics or PhysicsConfig()
-        self.client = BulletClient(connection_mode=_MODES[mode])
+        # The GUI keeps pybullet's output: a failing window (X error) prints why and exits.
+        quiet = _quiet_c_output() if mode == "direct" else contextlib.nullcontext()
+        with quiet:
+            self.client = BulletClient(connection_mode=_MODES[mode])
         self._bodies: dict[str, int] = {}
         self._joints: dict[int, dict[str, int]] = {}
         self._links: dict[int, dict[str, int]] = {}
