@@ -17,16 +17,12 @@ It exits 1 when the success rate is below ``min_success``, a fault latched, or t
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from factoryfloor.edge_runtime.bundle import BundleError, load_bundle
 from factoryfloor.edge_runtime.client import EdgeClient
@@ -35,9 +31,8 @@ from factoryfloor.edge_runtime.realtime import check_priority
 from factoryfloor.edge_runtime.safety import Decision, State
 from factoryfloor.edge_runtime.serve import ServeOptions
 from factoryfloor.edge_runtime.server import ServerConfig
-from factoryfloor.policies.atomic import atomic_write_json
 from factoryfloor.sim.registry import TASKS, task_entry
-from factoryfloor.stack import demo_media
+from factoryfloor.stack import demo_report
 from factoryfloor.stack.demo_console import Console
 from factoryfloor.stack.policy_server import ServerJob, ServerProcess
 from factoryfloor.stack.sim_cell import SimController
@@ -85,15 +80,6 @@ class DemoOptions:
     hold_window_s: float = 0.020
     max_rearms: int = 3
     rt_priority: int | None = None
-
-
-def required_successes(min_success: float, episodes: int) -> int:
-    """Successful episodes the demo needs: ``floor(min_success * episodes)``.
-
-    With the shipped policy's ~95% success, 0.9 of a short run (say 6 episodes: 5.4) would
-    fail one run in four by chance alone; the floor allows the one failure a rate of 0.9 permits.
-    """
-    return math.floor(min_success * episodes + 1e-9)
 
 
 def demo_policy(options: DemoOptions) -> str:
@@ -198,9 +184,9 @@ def run_demo(options: DemoOptions) -> int:
             server_ok = server.stop()
             if view is not None:
                 _linger(view, options.view_linger_s, console)
-    metrics = _metrics(options, policy, report, runtime, client, server_ok, faults)
+    metrics = demo_report.metrics(options, policy, report, client, server_ok, faults)
     metrics["scheduling"] = f"SCHED_FIFO {rt}" if rt is not None else "default (SCHED_OTHER)"
-    _write_outputs(options, controller, runtime, client, metrics, console)
+    demo_report.write_outputs(options, controller, runtime.step_latency_ms, metrics, console)
     controller.close()
     console.summary(metrics)
     return 0 if metrics["passed"] else 1
@@ -311,89 +297,6 @@ def _server_job(policy: str, options: DemoOptions, rt_priority: int | None) -> S
             report_every_s=5.0, metrics_jsonl=options.out / "server_metrics.jsonl"
         ),
     )  # fmt: skip
-
-
-def _metrics(
-    options: DemoOptions,
-    policy: str,
-    report: RuntimeReport,
-    runtime: DemoRuntime,
-    client: EdgeClient,
-    server_ok: bool,
-    faults: list[dict[str, Any]],
-) -> dict[str, Any]:
-    info = report.controller
-    rate = info.get("success_rate") or 0.0
-    episodes = int(info.get("episodes") or 0)
-    needed = required_successes(options.min_success, options.episodes)
-    rtt_ms = [s * 1e3 for s in client.metrics.latencies["round_trip"].samples] if (
-        "round_trip" in client.metrics.latencies
-    ) else []  # fmt: skip
-    server_metrics = _last_json_line(options.out / "server_metrics.jsonl")
-    finished = episodes >= options.episodes
-    passed = finished and int(info.get("successes") or 0) >= needed and server_ok
-    return {
-        "task": options.task,
-        "robot": options.robot,
-        "policy": policy,
-        "episodes": info.get("episodes"),
-        "successes": info.get("successes"),
-        "success_rate": rate,
-        "min_success": options.min_success,
-        "successes_needed": needed,
-        "passed": passed,
-        "state": report.state,
-        "faults": len(faults),
-        "rearms": min(len(faults), options.max_rearms),
-        "fault_details": faults,
-        "reason": report.reason,
-        "round_trip_ms": _percentiles(rtt_ms),
-        "loop": report.loop,
-        "safety": report.safety,
-        "client_counters": report.client["counters"],
-        "server_ok": server_ok,
-        "server": server_metrics,
-        "seed": options.seed,
-        "round_trip_samples_ms": [round(v, 4) for v in rtt_ms],
-    }
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    data = np.asarray(values)
-    return {f"p{q:g}": round(float(np.percentile(data, q)), 4) for q in (50, 99, 99.9)} | {
-        "max": round(float(data.max()), 4)
-    }
-
-
-def _last_json_line(path: Path) -> dict[str, Any]:
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return json.loads(lines[-1]) if lines else {}
-
-
-def _write_outputs(
-    options: DemoOptions,
-    controller: SimController,
-    runtime: DemoRuntime,
-    client: EdgeClient,
-    metrics: dict[str, Any],
-    console: Console,
-) -> None:
-    out = options.out
-    shown = controller.results[: options.video_episodes]
-    latencies = runtime.step_latency_ms
-    with console.status("rendering the video"):
-        frames = demo_media.write_replay_video(
-            options.task, options.robot, shown, out / "demo.mp4",
-            controller.description.control_rate_hz, latencies,
-        )  # fmt: skip
-    metrics["video"] = {"path": str(out / "demo.mp4"), "frames": frames, "episodes": len(shown)}
-    samples = metrics["round_trip_samples_ms"]
-    demo_media.latency_histogram_png(samples, out / "latency_histogram.png")
-    successes = [r["success"] for r in controller.results]
-    demo_media.success_png(successes, out / "success_per_episode.png")
-    atomic_write_json(out / "metrics.json", metrics)
 
 
 __all__ = ["DemoOptions", "demo_policy", "run_demo"]

@@ -98,3 +98,13 @@ def test_gui_without_a_display_says_so(tmp_path, capsys, monkeypatch):
     assert status == 0
     assert "no display" in capsys.readouterr().out
     assert os.environ.get("DISPLAY") is None
+
+
+@pytest.mark.parametrize(
+    ("rate", "episodes", "needed"),
+    [(0.9, 20, 18), (0.9, 6, 5), (0.9, 10, 9), (0.9, 2, 1), (0.9, 1, 1), (0.0, 5, 0), (1.0, 7, 7)],
+)
+def test_a_short_run_needs_what_the_rate_permits(rate, episodes, needed):
+    from factoryfloor.stack.demo_report import required_successes
+
+    assert required_successes(rate, episodes) == needed
