@@ -38,6 +38,13 @@ class Progress:
         self._bar: Any = None
         self._task: Any = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy for pickling (e.g. Ray Tune's experiment state) has no stream or bar."""
+        return {k: v for k, v in vars(self).items() if k not in ("stream", "_bar", "_task")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(state, stream=sys.stderr, _bar=None, _task=None)
+
     def __enter__(self) -> Progress:
         if self.enabled and self.stream.isatty():
             from rich.console import Console

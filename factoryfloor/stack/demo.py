@@ -154,18 +154,17 @@ def _render_mode(options: DemoOptions, console: Console) -> str | None:
 
 def run_demo(options: DemoOptions) -> int:
     """Run the demo (see the module docstring); returns the exit status."""
-    out = options.out
-    out.mkdir(parents=True, exist_ok=True)
+    policy = demo_policy(options)  # bad input fails here, before anything starts or is written
+    rt = options.rt_priority
+    if rt is not None:
+        check_priority(rt)
+    options.out.mkdir(parents=True, exist_ok=True)
     console = Console()
-    policy = demo_policy(options)
     controller = SimController(
         options.task, options.robot, options.episodes, options.seed,
         render_mode=_render_mode(options, console),
     )  # fmt: skip
     view = _start_view(options, controller, console)
-    rt = options.rt_priority
-    if rt is not None:
-        check_priority(rt)  # a bad value fails before any process starts
     with tempfile.TemporaryDirectory(prefix="ff-demo-") as tmp:
         server = ServerProcess(_server_job(policy, options, rt), Path(tmp))
         endpoint = server.start()
