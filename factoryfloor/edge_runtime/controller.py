@@ -192,7 +192,7 @@ class ControllerRuntime:
             budget = min(due + 0.8 * self.loop.period_s, self.safety.hold_deadline_s)
             action = self.client.receive_action(max(0.0, budget - sent))
             waited = time.monotonic()
-        decision = self.safety.decide(time.monotonic(), action)
+        decision = self.safety.decide(waited, action)
         self._trace(due, began, sent, waited, action is not None, decision)
         self._act(decision)
         return decision

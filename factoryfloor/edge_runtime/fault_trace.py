@@ -9,15 +9,15 @@ long, or the policy server's answer did not arrive within the window, and by how
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 TRACE_CYCLES = 8
 
 
-@dataclass(frozen=True)
-class CycleTrace:
+class CycleTrace(NamedTuple):
     """One control cycle's timings (ms), relative to its due time.
+
+    A NamedTuple, not a dataclass: one is made every control cycle, on the hot path.
 
     Attributes:
         gap_ms: Time since the previous cycle began (ms): about one period, unless the loop
@@ -40,7 +40,7 @@ class CycleTrace:
 
     def as_dict(self) -> dict[str, Any]:
         """Rounded, JSON-ready values."""
-        return {k: round(v, 2) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        return {k: round(v, 2) if isinstance(v, float) else v for k, v in self._asdict().items()}
 
 
 def explain(

@@ -13,7 +13,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from factoryfloor.edge_runtime.bundle import load_bundle
@@ -94,8 +94,7 @@ class ServerProcess:
 
     def __init__(self, job: ServerJob, folder: Path) -> None:
         self.ready_file, self.log = folder / "server.ready", folder / "server.log"
-        options = ServeOptions(**{**vars(job.options), "ready_file": self.ready_file})
-        self.job = ServerJob(**{**vars(job), "options": options})
+        self.job = replace(job, options=replace(job.options, ready_file=self.ready_file))
         self.process = mp.get_context("spawn").Process(
             target=_child, args=(self.job, str(self.log)), name="ff-policy-server", daemon=True
         )
