@@ -21,6 +21,8 @@ from zmq.utils.monitor import recv_monitor_message
 
 from factoryfloor.edge_runtime import protocol as p
 from factoryfloor.edge_runtime.metrics import Metrics
+from factoryfloor.edge_runtime.session_check import check_welcome
+from factoryfloor.edge_runtime.spec import PolicySpec
 
 # ZMTP handshake failures the client watches for, to say why a server stays silent
 HANDSHAKE_FAILURES = (
@@ -73,12 +75,17 @@ class EdgeClient:
         self._observations: p.StreamCodec | None = None  # this session's frame codecs
         self._actions: p.StreamCodec | None = None
         self.last_round_trip_s: float | None = None  # of the last action accepted
+        self.session_closed = ""  # why the server closed the session (SESSION_CLOSED), if it did
 
     def handshake(self, hello: dict[str, Any], timeout_s: float = 2.0) -> dict[str, Any]:
         """Send HELLO, return WELCOME's JSON; a new session replaces any previous one.
 
+        A WELCOME that does not match the HELLO (task, robot, rate, specs, a pinned model, its
+        session id or action age) is refused like an ERROR: nothing is sent on that session.
+
         Raises:
-            HandshakeError: On an ERROR answer (its code and text) or no answer in time.
+            HandshakeError: On an ERROR answer (its code and text), a WELCOME this side
+                refuses, or no answer in time.
         """
         self.session_id, self._seq, self._last_ack = 0, 0, 0
         self._observations = self._actions = None
@@ -97,7 +104,7 @@ class EdgeClient:
                 name = p.ErrorCode(code).name if known else str(code)
                 raise HandshakeError(f"server refused HELLO: {name}: {text}", code)
             if msg.type is p.MsgType.WELCOME:
-                return self._accept_welcome(msg)
+                return self._accept_welcome(msg, hello)
         raise HandshakeError(self._silence_reason(timeout_s))
 
     def _silence_reason(self, timeout_s: float) -> str:
@@ -122,15 +129,25 @@ class EdgeClient:
             return f"the security handshake with {self.endpoint} failed: check both sides' --keys"
         return f"no WELCOME from {self.endpoint} within {timeout_s} s: is the server running?"
 
-    def _accept_welcome(self, msg: p.Message) -> dict[str, Any]:
-        welcome = p.decode_json(msg.payload)
-        self.session_id = int(welcome["session_id"])
-        if self.session_id != msg.session_id or not self.session_id:
-            raise HandshakeError("WELCOME's session_id disagrees with its header")
-        self.welcome = welcome
-        self.action_size = p.spec_floats(welcome["action"])
-        obs_size = p.spec_floats(welcome["observation"])
+    def _accept_welcome(self, msg: p.Message, hello: dict[str, Any]) -> dict[str, Any]:
+        """Take the session only if WELCOME matches the HELLO (``session_check``)."""
+        ours = PolicySpec(
+            task_id=hello["task_id"], robot=hello["robot"],
+            control_rate_hz=float(hello["control_rate_hz"]), observation=hello["observation"],
+            action=hello["action"],
+        )  # fmt: skip
+        try:
+            welcome = p.decode_json(msg.payload)
+            check_welcome(welcome, msg.session_id, ours, hello.get("model_sha256"))
+        except p.ProtocolError as exc:
+            self.metrics.count("welcomes_refused")
+            raise HandshakeError(
+                f"refused the WELCOME of {self.endpoint}: {exc.text}", exc.code
+            ) from None
+        self.session_id, self.welcome = msg.session_id, welcome
+        self.action_size, obs_size = ours.action_size, ours.obs_size
         self.max_age_ns = int(float(welcome["max_action_age_ms"]) * 1e6)
+        self.session_closed = ""
         sid = self.session_id
         self._observations = p.StreamCodec(p.MsgType.OBSERVATION, sid, obs_size)
         self._actions = p.StreamCodec(p.MsgType.ACTION, sid, self.action_size)
@@ -209,8 +226,10 @@ class EdgeClient:
 
     def _valid_action(self, msg: p.Message) -> np.ndarray | None:
         if msg.type is p.MsgType.ERROR:
-            code, _ = p.decode_error(msg.payload)
+            code, text = p.decode_error(msg.payload)
             self.metrics.count(f"server_error_{code}")
+            if code == p.ErrorCode.SESSION_CLOSED and msg.session_id == self.session_id:
+                self.session_closed = text or "closed by the server"
             return None
         if msg.type is not p.MsgType.ACTION:
             self.metrics.count("unexpected_messages")

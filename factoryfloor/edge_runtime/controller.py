@@ -25,6 +25,7 @@ from factoryfloor.edge_runtime.loop import FixedRateLoop
 from factoryfloor.edge_runtime.realtime import check_priority, realtime_priority
 from factoryfloor.edge_runtime.safety import Decision, SafetyConfig, SafetyLayer, State
 from factoryfloor.edge_runtime.spec import PolicySpec
+from factoryfloor.robots import get_robot_spec, robot_names
 
 
 @dataclass
@@ -92,7 +93,9 @@ class ControllerRuntime:
         client: A connected ``EdgeClient``.
         hold_window_s: Hold window (s).
         model_sha256: Model the controller was certified with (None: accept the server's).
-        max_change: Rate limit per action component and cycle (None: the full range).
+        max_change: Rate limit per action component and cycle (None: from the robot's
+            description, ``SafetyConfig.for_robot``, when ``factoryfloor.robots`` has the robot
+            and the description names its control mode; else only the action limits apply).
         name: Controller name sent in HELLO.
         loop_rate_hz: Loop rate (Hz); None runs at the description's control rate. Another
             rate is for timing studies of stateless policies (HELLO still states the policy's).
@@ -114,17 +117,7 @@ class ControllerRuntime:
         self.controller, self.client = controller, client
         desc = controller.description
         self.rate_hz = loop_rate_hz or desc.control_rate_hz
-        low = np.concatenate([np.ravel(a["low"]) for a in desc.action]).astype(np.float32)
-        high = np.concatenate([np.ravel(a["high"]) for a in desc.action]).astype(np.float32)
-        self.safety = SafetyLayer(
-            SafetyConfig(
-                low=low,
-                high=high,
-                max_change=high - low if max_change is None else np.asarray(max_change),
-                control_period_s=1.0 / self.rate_hz,
-                hold_window_s=hold_window_s,
-            )
-        )
+        self.safety = SafetyLayer(_safety_config(desc, max_change, self.rate_hz, hold_window_s))
         self.loop = FixedRateLoop(self.rate_hz)
         self.model_sha256, self.name = model_sha256, name
         if rt_priority is not None:
@@ -177,7 +170,26 @@ class ControllerRuntime:
         return self.report(cycles)
 
     def cycle(self) -> Decision:
-        """One control cycle (waits for its due time first)."""
+        """One control cycle (waits for its due time first).
+
+        Nothing escapes it: an exception anywhere in the cycle (the robot's adapter, the wire,
+        the safety layer) brakes, and FAULT latches with the exception as the reason.
+        """
+        try:
+            return self._cycle()
+        except Exception as exc:
+            return self._failed(f"{type(exc).__name__} in the control loop: {exc}")
+
+    def _failed(self, reason: str) -> Decision:
+        decision = self.safety.fail(time.monotonic(), reason[:300])
+        try:
+            self._act(decision)
+        except Exception as exc:  # not even the brake call worked: latch, nothing more to do
+            self.safety.latch(f"{reason[:200]}; then the brake call failed: {exc}")
+            return Decision(State.FAULT, None, reason=self.safety.reason)
+        return decision
+
+    def _cycle(self) -> Decision:
         due, overran = self.loop.wait_next()
         braking = self.safety.overrun(due) if overran else None
         if not overran:
@@ -192,6 +204,8 @@ class ControllerRuntime:
             budget = min(due + 0.8 * self.loop.period_s, self.safety.hold_deadline_s)
             action = self.client.receive_action(max(0.0, budget - sent))
             waited = time.monotonic()
+            if self.client.session_closed:
+                return self._failed(f"the server closed the session: {self.client.session_closed}")
         decision = self.safety.decide(waited, action)
         self._trace(due, began, sent, waited, action is not None, decision)
         self._act(decision)
@@ -241,7 +255,8 @@ class ControllerRuntime:
         detected = standstill = None
         braked = self.safety.brake_started_s
         if braked is not None and self.last_fresh_s is not None:
-            detected = braked - self.last_fresh_s  # since the last fresh action
+            detected = braked - self.safety.last_fresh_s  # since the last fresh action, as
+            # the safety layer saw it (the hold deadline counts from there)
         if braked is not None and self.standstill_at_s is not None:
             standstill = self.standstill_at_s - braked
         return RuntimeReport(
@@ -263,3 +278,22 @@ class ControllerRuntime:
             controller=self.controller.status().info,
             trace=[t.as_dict() for t in self.trace] if self.safety.state is State.FAULT else [],
         )
+
+
+def _safety_config(
+    desc: PolicySpec, max_change: np.ndarray | None, rate_hz: float, hold_window_s: float
+) -> SafetyConfig:
+    """The controller's limits: the action spec's, and the robot's rate limits when known."""
+    low = np.concatenate([np.ravel(a["low"]) for a in desc.action]).astype(np.float32)
+    high = np.concatenate([np.ravel(a["high"]) for a in desc.action]).astype(np.float32)
+    period = 1.0 / rate_hz  # each cycle applies one action for one loop period
+    if max_change is None and desc.control and desc.robot in robot_names():
+        robot = get_robot_spec(desc.robot)
+        return SafetyConfig.for_robot(
+            robot, desc.control, low, high, period, hold_window_s=hold_window_s
+        )
+    change = high - low if max_change is None else np.asarray(max_change, np.float32)
+    return SafetyConfig(
+        low=low, high=high, max_change=np.maximum(change, 1e-9),
+        control_period_s=period, hold_window_s=hold_window_s,
+    )  # fmt: skip

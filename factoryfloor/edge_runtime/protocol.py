@@ -1,4 +1,4 @@
-"""FFEP/1, the edge wire protocol: encode and decode frames (``docs/protocol.md``).
+"""FFEP/2, the edge wire protocol: encode and decode frames (``docs/protocol.md``).
 
 This module is the single implementation of ``docs/protocol.md``. A frame is a fixed 48-byte
 little-endian header and a payload; ``decode`` checks every field before use and raises
@@ -9,13 +9,15 @@ unpickles, and every decode has a size limit.
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 import struct
 from collections.abc import Sequence
 from enum import IntEnum, IntFlag
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from factoryfloor.edge_runtime import strict_json
 
 __all__ = [
     "HEADER",
@@ -38,11 +40,12 @@ __all__ = [
     "encode_error",
     "encode_floats",
     "encode_json",
+    "schema_canonical",
     "schema_sha256",
     "spec_floats",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAGIC = b"FFEP"
 HEADER = struct.Struct("<4sBBHIIQQQQ")  # magic version type flags len session seq ack t_send t_echo
 MAX_JSON_BYTES = 65_536
@@ -62,6 +65,8 @@ class MsgType(IntEnum):
     HEARTBEAT = 5
     ERROR = 6
     BYE = 7
+    DESCRIBE = 8
+    DESCRIPTION = 9
 
 
 class Flags(IntFlag):
@@ -86,6 +91,9 @@ class ErrorCode(IntEnum):
     NO_SESSION = 13
     TOO_MANY_SESSIONS = 14
     INTERNAL = 15
+    NON_FINITE = 16
+    THROTTLED = 17
+    SESSION_CLOSED = 18
 
 
 class EdgeError(RuntimeError):
@@ -115,6 +123,8 @@ _PAYLOAD_LIMITS: dict[MsgType, tuple[int | None, int]] = {
     MsgType.HEARTBEAT: (0, 0),
     MsgType.ERROR: (None, 2 + MAX_ERROR_TEXT_BYTES),
     MsgType.BYE: (0, 0),
+    MsgType.DESCRIBE: (0, 0),
+    MsgType.DESCRIPTION: (None, MAX_JSON_BYTES),
 }
 _FLOAT_TYPES = (MsgType.OBSERVATION, MsgType.ACTION)
 _TYPES = {int(t): t for t in MsgType}  # a dict lookup: cheaper than MsgType(value) per frame
@@ -334,31 +344,26 @@ def decode_floats(payload: bytes, expected: int) -> np.ndarray:
 
 def encode_json(obj: dict[str, Any]) -> bytes:
     """Compact UTF-8 JSON of a handshake object."""
-    data = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    try:
+        data = strict_json.dumps(obj)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(ErrorCode.BAD_PAYLOAD, f"cannot encode JSON: {exc}") from None
     if len(data) > MAX_JSON_BYTES:
         raise ProtocolError(ErrorCode.BAD_LENGTH, f"JSON of {len(data)} bytes")
     return data
 
 
 def decode_json(payload: bytes) -> dict[str, Any]:
-    """The JSON object of a HELLO or WELCOME payload.
+    """The JSON object of a HELLO, WELCOME or DESCRIPTION payload (``strict_json.loads``).
 
     Raises:
-        ProtocolError: For invalid UTF-8 or JSON, NaN constants, or a non-object.
+        ProtocolError: ``BAD_PAYLOAD`` for anything the limits of ``docs/protocol.md``
+            (section 5) refuse: size, UTF-8, syntax, depth, duplicate keys, numbers, strings.
     """
-    if len(payload) > MAX_JSON_BYTES:
-        raise ProtocolError(ErrorCode.BAD_LENGTH, f"JSON of {len(payload)} bytes")
     try:
-        obj = json.loads(payload.decode("utf-8"), parse_constant=_no_constants)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError(ErrorCode.BAD_PAYLOAD, f"invalid JSON payload: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError(ErrorCode.BAD_PAYLOAD, "the JSON payload must be an object")
-    return obj
-
-
-def _no_constants(name: str) -> Any:
-    raise json.JSONDecodeError(f"{name} is not allowed", name, 0)
+        return strict_json.loads(payload)
+    except strict_json.JsonLimitError as exc:
+        raise ProtocolError(ErrorCode.BAD_PAYLOAD, str(exc)) from None
 
 
 def encode_error(code: ErrorCode, text: str) -> bytes:
@@ -377,16 +382,25 @@ def decode_error(payload: bytes) -> tuple[int, str]:
 
 def spec_floats(spec: Sequence[dict[str, Any]]) -> int:
     """Float32 values in a payload of an observation or action spec (its shapes' sizes summed)."""
-    return sum(int(np.prod(item["shape"])) for item in spec)
+    return sum(math.prod(int(n) for n in item["shape"]) for item in spec)  # exact: no overflow
+
+
+def schema_canonical(observation: list[dict[str, Any]], action: list[dict[str, Any]]) -> str:
+    """The RFC 8785 text the schema hash is computed over (``docs/protocol.md``, section 5).
+
+    Raises:
+        ValueError: For specs that are not lists of objects, or non-finite limits.
+    """
+    keep_obs = ("name", "shape")
+    keep_act = ("name", "shape", "low", "high")
+    return strict_json.canonical(
+        {
+            "action": [{k: item[k] for k in keep_act if k in item} for item in action],
+            "observation": [{k: item[k] for k in keep_obs if k in item} for item in observation],
+        }
+    )
 
 
 def schema_sha256(observation: list[dict[str, Any]], action: list[dict[str, Any]]) -> str:
-    """SHA-256 (hex) of the canonical JSON of the specs (``docs/protocol.md``, section 3)."""
-    keep_obs = ("name", "shape")
-    keep_act = ("name", "shape", "low", "high")
-    canonical = {
-        "action": [{k: item[k] for k in keep_act if k in item} for item in action],
-        "observation": [{k: item[k] for k in keep_obs if k in item} for item in observation],
-    }
-    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """SHA-256 (lower-case hex) of ``schema_canonical`` of the specs, as UTF-8."""
+    return hashlib.sha256(schema_canonical(observation, action).encode("utf-8")).hexdigest()

@@ -24,6 +24,8 @@ from enum import Enum
 
 import numpy as np
 
+from factoryfloor.robots import RobotSpec
+
 
 class State(str, Enum):
     """Safety states of a controller."""
@@ -43,7 +45,10 @@ class SafetyConfig:
         low: Lower action limits, shape ``(A,)`` (the action spec's, from the RobotSpec).
         high: Upper action limits, shape ``(A,)``.
         max_change: Largest change of each action component from one cycle to the next,
-            shape ``(A,)`` (the rate limit; ``high - low`` turns it off).
+            shape ``(A,)`` (the rate limit; ``high - low`` turns it off). ``for_robot``
+            derives it from the robot's acceleration limits.
+        norm_limits: ``(indices, bound)`` pairs: the Euclidean norm of those components is
+            scaled down to ``bound`` (the TCP speed of end-effector commands).
         control_period_s: Control period (s).
         hold_window_s: How long past its due time the last action is held (s).
         nonfinite_limit: Non-finite actions in a row that start braking.
@@ -59,6 +64,7 @@ class SafetyConfig:
     nonfinite_limit: int = 3
     clip_limit: int = 25
     overrun_limit: int = 10
+    norm_limits: tuple[tuple[tuple[int, ...], float], ...] = ()
 
     def __post_init__(self) -> None:
         shapes = {np.shape(self.low), np.shape(self.high), np.shape(self.max_change)}
@@ -68,6 +74,66 @@ class SafetyConfig:
             raise ValueError("control_period_s must be > 0 and hold_window_s >= 0")
         if min(self.nonfinite_limit, self.clip_limit, self.overrun_limit) < 1:
             raise ValueError("nonfinite_limit, clip_limit and overrun_limit must be >= 1")
+        if np.any(np.asarray(self.max_change) <= 0):
+            raise ValueError("max_change must be positive")
+
+    @classmethod
+    def for_robot(
+        cls,
+        robot: RobotSpec,
+        control: str,
+        low: np.ndarray,
+        high: np.ndarray,
+        control_period_s: float,
+        **settings: float,
+    ) -> SafetyConfig:
+        """Limits of a robot's delta commands (``sim/robot.py`` states their meaning).
+
+        A command ``a`` moves each joint by ``a_i * max_joint_step_rad`` ("joints") or the TCP
+        by ``a[:3] * max_ee_step_m`` ("ee") over one control period ``T``. So the velocity
+        limits bound ``|a_i| <= v_i T / step`` (per joint; for the TCP, the norm of
+        ``a[:3]``), and the acceleration limits bound its change per period,
+        ``|a_i - a_i'| <= acc_i T^2 / step``: a full-range step is spread over the periods
+        they allow. The gripper's command (the last) is an absolute opening its own controller
+        rate-limits: only the action limits apply to it.
+
+        Args:
+            robot: The robot's description.
+            control: Its control mode, ``"ee"`` or ``"joints"``.
+            low: Lower action limits (the action spec's), shape ``(A,)``.
+            high: Upper action limits, shape ``(A,)``.
+            control_period_s: Policy period ``T`` (s).
+            **settings: Other ``SafetyConfig`` fields (``hold_window_s``, ...).
+
+        Raises:
+            ValueError: When the action size is not the control mode's for this robot.
+        """
+        low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+        t = control_period_s
+        norms: tuple[tuple[tuple[int, ...], float], ...] = ()
+        if control == "ee" and low.shape == (4,):
+            step = robot.max_ee_step_m
+            change = [robot.max_tcp_acceleration_m_s2 * t * t / step] * 3
+            norms = (((0, 1, 2), robot.max_tcp_speed_m_s * t / step),)
+            bound = np.full(3, np.inf)
+        elif control == "joints" and low.shape == (robot.n_arm + 1,):
+            step = robot.max_joint_step_rad
+            change = [lim.acceleration * t * t / step for lim in robot.limits]
+            bound = np.array([lim.velocity * t / step for lim in robot.limits])
+        else:
+            raise ValueError(
+                f"{robot.name} under {control!r} control has no action of shape {low.shape}"
+            )
+        arm_low = np.maximum(low[:-1], -bound)
+        arm_high = np.minimum(high[:-1], bound)
+        return cls(
+            low=np.append(arm_low, low[-1]).astype(np.float32),
+            high=np.append(arm_high, high[-1]).astype(np.float32),
+            max_change=np.append(change, high[-1] - low[-1]).astype(np.float32),
+            control_period_s=t,
+            norm_limits=norms,
+            **settings,  # type: ignore[arg-type]
+        )
 
 
 @dataclass(frozen=True)
@@ -157,12 +223,29 @@ class SafetyLayer:
             self.state = State.FAULT
             self.counters.faults += 1
 
+    def fail(self, now_s: float, reason: str) -> Decision:
+        """Something failed inside the control loop: brake now (FAULT follows at standstill)."""
+        if self.state in (State.BRAKING, State.FAULT):
+            return Decision(self.state, None, reason=self.reason)
+        return self._brake(now_s, reason)
+
+    def latch(self, reason: str) -> None:
+        """Latch FAULT at once (braking could not be confirmed, e.g. the brake call failed)."""
+        if self.state is not State.FAULT:
+            self.counters.faults += 1
+        self.state, self.reason = State.FAULT, reason
+
     def _apply(self, now_s: float, action: np.ndarray) -> Decision:
         cfg = self.config
         target = np.clip(action, cfg.low, cfg.high)
         command = np.clip(
             target, self.last_command - cfg.max_change, self.last_command + cfg.max_change
         ).astype(np.float32)
+        for indices, bound in cfg.norm_limits:  # speed bounds last: they are the hard ones
+            part = command[list(indices)]
+            norm = float(np.sqrt(np.dot(part, part)))
+            if norm > bound:
+                command[list(indices)] = part * np.float32(bound / norm)
         clipped = not np.array_equal(command, action)
         self._clip_run = self._clip_run + 1 if clipped else 0
         self.counters.clipped += int(clipped)

@@ -26,7 +26,7 @@ from factoryfloor.edge_runtime.metrics import (
     resident_memory_mb,
 )
 from factoryfloor.edge_runtime.served import ServedPolicy
-from factoryfloor.edge_runtime.server import PolicyServer, ServerConfig
+from factoryfloor.edge_runtime.server import PolicyServer, ServerConfig, configure_router
 
 EXIT_AUTH_DIED = 3
 
@@ -58,12 +58,11 @@ def make_server(
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     security = ServerSecurity(context, keys_dir) if keys_dir is not None else None
     socket = context.socket(zmq.ROUTER)
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+    configure_router(socket, config)
     if security is not None:
         security.apply(socket)
     socket.bind(config.bind)
-    return PolicyServer(policy, config, socket), security
+    return PolicyServer(policy, config, socket, keyed=security is not None), security
 
 
 def serve(policy: ServedPolicy, config: ServerConfig, options: ServeOptions) -> int:

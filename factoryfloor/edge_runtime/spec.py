@@ -76,6 +76,9 @@ class PolicySpec:
         action: Action fields (module docstring).
         model_sha256: SHA-256 of the policy graph (hex), a name for non-bundle policies, or
             ``""`` on the controller side (no model pinned).
+        control: The robot's control mode the actions command (``"ee"`` or ``"joints"``), or
+            ``""`` when unknown; the controller's default rate limits come from it. Not part
+            of the handshake (the specs' limits and the robot name are).
     """
 
     task_id: str
@@ -84,6 +87,7 @@ class PolicySpec:
     observation: list[Field]
     action: list[Field]
     model_sha256: str = ""
+    control: str = ""
 
     @cached_property
     def obs_size(self) -> int:
@@ -100,8 +104,23 @@ class PolicySpec:
         """Hash of the observation and action fields (``docs/protocol.md``)."""
         return schema_sha256(self.observation, self.action)
 
-    def hello(self, controller: str, hold_window_ms: float, model_sha256: str | None) -> Field:
-        """The HELLO payload of a controller with this interface."""
+    def hello(
+        self,
+        controller: str,
+        hold_window_ms: float,
+        model_sha256: str | None,
+        loop_rate_hz: float | None = None,
+    ) -> Field:
+        """The HELLO payload of a controller with this interface.
+
+        Args:
+            controller: The controller's name.
+            hold_window_ms: Its hold window (ms).
+            model_sha256: The model it is pinned to, or None to accept the server's.
+            loop_rate_hz: Its loop rate when faster than the policy's (Hz; an integer
+                multiple of ``control_rate_hz``), or None.
+        """
+        extra = {} if loop_rate_hz is None else {"loop_rate_hz": loop_rate_hz}
         return {
             "protocol_version": PROTOCOL_VERSION,
             "controller": controller,
@@ -113,6 +132,7 @@ class PolicySpec:
             "hold_window_ms": hold_window_ms,
             "schema_sha256": self.schema_sha256,
             "model_sha256": model_sha256,
+            **extra,
         }
 
     @classmethod
@@ -140,6 +160,7 @@ class PolicySpec:
             observation=observation,
             action=[action],
             model_sha256=str(manifest["files"]["actor.onnx"]["sha256"]),
+            control=str(act.get("control", "")),
         )
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from factoryfloor.robots.spec import GripperSpec, JointLimit, RobotSpec, register_robot
 
-_LIMITS = (  # position limits from the URDF; velocity limits from Franka's datasheet
-    JointLimit(lower=-2.9671, upper=2.9671, velocity=2.175, effort=87.0),
-    JointLimit(lower=-1.8326, upper=1.8326, velocity=2.175, effort=87.0),
-    JointLimit(lower=-2.9671, upper=2.9671, velocity=2.175, effort=87.0),
-    JointLimit(lower=-3.1416, upper=0.0, velocity=2.175, effort=87.0),
-    JointLimit(lower=-2.9671, upper=2.9671, velocity=2.61, effort=12.0),
-    JointLimit(lower=-0.0873, upper=3.8223, velocity=2.61, effort=12.0),
-    JointLimit(lower=-2.9671, upper=2.9671, velocity=2.61, effort=12.0),
+# position limits from the URDF; velocity and acceleration limits from Franka's datasheet
+_LIMITS = (
+    JointLimit(lower=-2.9671, upper=2.9671, velocity=2.175, effort=87.0, acceleration=15.0),
+    JointLimit(lower=-1.8326, upper=1.8326, velocity=2.175, effort=87.0, acceleration=7.5),
+    JointLimit(lower=-2.9671, upper=2.9671, velocity=2.175, effort=87.0, acceleration=10.0),
+    JointLimit(lower=-3.1416, upper=0.0, velocity=2.175, effort=87.0, acceleration=12.5),
+    JointLimit(lower=-2.9671, upper=2.9671, velocity=2.61, effort=12.0, acceleration=15.0),
+    JointLimit(lower=-0.0873, upper=3.8223, velocity=2.61, effort=12.0, acceleration=20.0),
+    JointLimit(lower=-2.9671, upper=2.9671, velocity=2.61, effort=12.0, acceleration=20.0),
 )
 
 
@@ -19,6 +20,8 @@ _LIMITS = (  # position limits from the URDF; velocity limits from Franka's data
 def panda() -> RobotSpec:
     """Franka Panda: 7 revolute joints, 2-finger prismatic gripper, TCP at the finger centre."""
     return RobotSpec(
+        max_tcp_speed_m_s=1.7,  # Franka datasheet: Cartesian translation 1.7 m/s, 13 m/s^2
+        max_tcp_acceleration_m_s2=13.0,
         name="panda",
         urdf="franka_panda/panda.urdf",
         data_root="pybullet_data",

@@ -22,18 +22,21 @@ class JointLimit:
         upper: Upper position limit (rad or m).
         velocity: Maximum speed (rad/s or m/s).
         effort: Maximum torque or force (N m or N).
+        acceleration: Maximum acceleration (rad/s^2 or m/s^2); the edge safety layer's rate
+            limit comes from it.
     """
 
     lower: float
     upper: float
     velocity: float
     effort: float
+    acceleration: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.lower < self.upper:
             raise ValueError(f"joint limit lower={self.lower} must be < upper={self.upper}")
-        if self.velocity <= 0 or self.effort <= 0:
-            raise ValueError("joint velocity and effort limits must be positive")
+        if min(self.velocity, self.effort, self.acceleration) <= 0:
+            raise ValueError("joint velocity, effort and acceleration limits must be positive")
 
 
 JOINT_TYPES = ("revolute", "continuous", "prismatic", "fixed")
@@ -177,6 +180,8 @@ class RobotSpec:
         control_modes: Supported control modes; a subset of ``CONTROL_MODES``.
         max_ee_step_m: Largest TCP displacement per control step under "ee" control (m).
         max_joint_step_rad: Largest joint displacement per control step under "joints" (rad).
+        max_tcp_speed_m_s: Largest TCP speed (m/s): bounds "ee" commands at the edge.
+        max_tcp_acceleration_m_s2: Largest TCP acceleration (m/s^2): the "ee" rate limit.
         collision_boxes: Link name -> (size (m), centre (m)) of a box replacing that link's
             collision mesh, centre in the frame of the URDF collision element (finger pads).
         joint_overrides: Joint name -> changes made to that URDF joint when it is loaded.
@@ -200,6 +205,8 @@ class RobotSpec:
     control_modes: tuple[str, ...] = CONTROL_MODES
     max_ee_step_m: float = 0.05
     max_joint_step_rad: float = 0.1
+    max_tcp_speed_m_s: float = 1.0
+    max_tcp_acceleration_m_s2: float = 5.0
     collision_boxes: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = (
         field(default_factory=dict)
     )

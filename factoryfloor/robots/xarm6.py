@@ -30,7 +30,7 @@ from factoryfloor.robots.spec import (
     register_robot,
 )
 
-_LIMITS = (  # from the URDF (velocity 3.14 rad/s on every joint)
+_LIMITS = (  # from the URDF (velocity 3.14 rad/s on every joint); acceleration: a cautious 10
     JointLimit(lower=-6.2832, upper=6.2832, velocity=3.14, effort=50.0),
     JointLimit(lower=-2.059, upper=2.0944, velocity=3.14, effort=50.0),
     JointLimit(lower=-3.927, upper=0.19198, velocity=3.14, effort=32.0),
@@ -115,6 +115,8 @@ _KNUCKLE_PER_M = _STROKE_RAD / _STROKE_M  # display only: knuckle angle per metr
 def xarm6() -> RobotSpec:
     """UFACTORY xArm6: 6 revolute joints and a parallel gripper, TCP between the finger pads."""
     return RobotSpec(
+        max_tcp_speed_m_s=1.0,  # UFACTORY's xArm 6 figure: 1 m/s at the TCP; 5 m/s^2 assumed
+        max_tcp_acceleration_m_s2=5.0,
         name="xarm6",
         urdf="xarm/xarm6_with_gripper.urdf",
         data_root="pybullet_data",

@@ -40,6 +40,7 @@ def describe_env(env: gym.Env[Any, Any], task_id: str, robot: str) -> PolicySpec
     return PolicySpec(
         task_id=task_id, robot=robot, control_rate_hz=rate_hz,
         observation=observation, action=action,
+        control=str(env.unwrapped.robot.control),  # type: ignore[attr-defined]
     )  # fmt: skip
 
 
@@ -162,6 +163,7 @@ def run_sim(
     report_every_s: float | None = None,
     on_report: Callable[[dict[str, Any]], None] | None = None,
     rt_priority: int | None = None,
+    max_change: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Run ``episodes`` episodes of ``task_id`` in real time against the server at ``connect``.
 
@@ -176,6 +178,8 @@ def run_sim(
         report_every_s: Call ``on_report`` with the runtime report (a dict) this often (s).
         on_report: Receives the periodic reports.
         rt_priority: ``SCHED_FIFO`` priority of the control loop (None: default scheduler).
+        max_change: Rate limit per action component and cycle (None: the robot's limits,
+            ``SafetyConfig.for_robot``; the action range turns it off).
 
     Returns:
         The runtime report as a dict, with the episodes' results.
@@ -184,8 +188,9 @@ def run_sim(
     client = client or EdgeClient(connect)
     try:
         runtime = ControllerRuntime(
-            controller, client, hold_window_s, name=f"sim-{robot}", rt_priority=rt_priority
-        )
+            controller, client, hold_window_s, name=f"sim-{robot}", rt_priority=rt_priority,
+            max_change=max_change,
+        )  # fmt: skip
         welcome = runtime.rearm()
         forward = (lambda r: on_report(asdict(r))) if on_report is not None else None
         report = asdict(runtime.run(None, report_every_s, forward))

@@ -52,7 +52,8 @@ def test_served_policy_drives_the_sim_as_in_process_evaluation_does(task, policy
     )
     server, thread = serve_in_thread(served)
     try:
-        report = run_sim(task, server.endpoint, episodes, seed=SEED)
+        # the action range as the rate limit: the wire alone, which must change nothing
+        report = run_sim(task, server.endpoint, episodes, seed=SEED, max_change=np.full(4, 2.0))
     finally:
         server.stop_event.set()
         thread.join(5)

@@ -68,7 +68,7 @@ def test_serving_a_bundle_leaves_torch_and_pybullet_out_and_reports_its_memory()
         "threading.Thread(target=server.serve_forever, daemon=True).start()\n"
         "s = policy.spec\n"
         "client = EdgeClient(server.endpoint)\n"
-        "client.handshake({'protocol_version': 1, 'robot': s.robot, 'task_id': s.task_id,\n"
+        "client.handshake({'protocol_version': 2, 'controller': 'isolation', 'robot': s.robot, 'task_id': s.task_id,\n"
         "    'observation': s.observation, 'action': s.action,\n"
         "    'control_rate_hz': s.control_rate_hz, 'schema_sha256': s.schema_sha256,\n"
         "    'model_sha256': s.model_sha256})\n"

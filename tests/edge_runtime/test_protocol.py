@@ -1,4 +1,4 @@
-"""FFEP/1 codec: golden frames, round trips, strict rejection, fuzzing (docs/protocol.md)."""
+"""FFEP/2 codec: golden frames, round trips, strict rejection, fuzzing (docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from factoryfloor.edge_runtime import protocol as p
 
-GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "golden_frames.json").read_text())
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "ffep"
+GOLDEN = json.loads((DOCS / "golden_frames.json").read_text())
 FRAMES = {f["name"]: f for f in GOLDEN["frames"]}
 
 
@@ -39,7 +40,7 @@ def test_observation_frame_laid_out_as_documented():
     """Byte offsets of docs/protocol.md section 2, built by hand without the codec's struct."""
     le = int.to_bytes
     expected = (
-        b"FFEP" + le(1, 1, "little") + le(3, 1, "little") + le(1, 2, "little")
+        b"FFEP" + le(2, 1, "little") + le(3, 1, "little") + le(1, 2, "little")
         + le(12, 4, "little") + le(7, 4, "little") + le(2, 8, "little") + le(0, 8, "little")
         + le(1_040_000_000, 8, "little") + le(0, 8, "little")
         + struct.pack("<3f", 0.5, -1.0, 0.25)
@@ -51,7 +52,7 @@ def test_observation_frame_laid_out_as_documented():
 def test_floats_and_json_round_trip():
     values = np.array([0.1, -2.5, 3e-8, 1e30], dtype=np.float32)
     assert np.array_equal(p.decode_floats(p.encode_floats(values), 4), values)
-    obj = {"protocol_version": 1, "observation": [{"name": "x", "shape": [3]}]}
+    obj = {"protocol_version": 2, "observation": [{"name": "x", "shape": [3]}]}
     assert p.decode_json(p.encode_json(obj)) == obj
     code, text = p.decode_error(p.encode_error(p.ErrorCode.MODEL_MISMATCH, "é" * 2000))
     assert code == p.ErrorCode.MODEL_MISMATCH and len(text.encode()) <= 1024
@@ -77,7 +78,8 @@ def with_header(**fields: int) -> bytes:
         (b"", p.ErrorCode.BAD_MAGIC),
         (valid_frame()[:47], p.ErrorCode.BAD_MAGIC),
         (b"FFEQ" + valid_frame()[4:], p.ErrorCode.BAD_MAGIC),
-        (with_header(version=2), p.ErrorCode.BAD_VERSION),
+        (with_header(version=1), p.ErrorCode.BAD_VERSION),  # FFEP/1 is refused, not guessed
+        (with_header(version=3), p.ErrorCode.BAD_VERSION),
         (with_header(version=0), p.ErrorCode.BAD_VERSION),
         (with_header(type=0), p.ErrorCode.BAD_TYPE),
         (with_header(type=200), p.ErrorCode.BAD_TYPE),
@@ -170,7 +172,7 @@ def test_fuzz_mutated_valid_frames(name, positions, values, cut):
 # StreamCodec: the hot path's per-session codec must agree with encode and decode exactly.
 STREAMS = {  # golden float frame -> the codec of its session's stream
     "observation_episode_start": (p.MsgType.OBSERVATION, 7, 3),
-    "action": (p.MsgType.ACTION, 7, 4),
+    "action": (p.MsgType.ACTION, 7, 2),
 }
 
 

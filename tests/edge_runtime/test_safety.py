@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from factoryfloor.edge_runtime.safety import SafetyConfig, SafetyLayer, State
+from factoryfloor.robots import get_robot_spec, robot_names
 
 PERIOD, HOLD = 0.04, 0.02
 
@@ -111,3 +112,45 @@ def test_config_rejects_inconsistent_limits():
         layer(max_change=np.ones(3))
     with pytest.raises(ValueError, match="control_period_s"):
         layer(control_period_s=0.0)
+
+
+@pytest.mark.parametrize("robot", robot_names())
+@pytest.mark.parametrize("control", ["ee", "joints"])
+def test_full_range_step_is_spread_over_the_periods_the_robot_limits_allow(robot, control):
+    spec = get_robot_spec(robot)
+    size = 4 if control == "ee" else spec.n_arm + 1
+    period = 0.04  # 25 Hz, the tasks' rate
+    cfg = SafetyConfig.for_robot(
+        spec, control, -np.ones(size), np.ones(size), period, clip_limit=1_000
+    )
+    step = spec.max_ee_step_m if control == "ee" else spec.max_joint_step_rad
+    if control == "ee":
+        accel = np.full(3, spec.max_tcp_acceleration_m_s2)
+    else:
+        accel = np.array([lim.acceleration for lim in spec.limits])
+    np.testing.assert_allclose(cfg.max_change[:-1], accel * period**2 / step, rtol=1e-6)
+    layer = SafetyLayer(cfg)
+    target = np.ones(size, np.float32)  # a full-range step from standstill
+    commands = [layer.decide(0.001 * k, target).command for k in range(1, 40)]
+    arm = np.array([c[:-1] for c in commands])
+    changes = np.abs(np.diff(np.vstack([np.zeros(size - 1), arm]), axis=0))
+    assert np.all(changes <= cfg.max_change[:-1] + 1e-6)  # never faster than the limits
+    # the step takes as many periods as acceleration allows, then holds the speed bound
+    periods = int(np.ceil(np.min(np.minimum(1.0, cfg.high[:-1]) / cfg.max_change[:-1])))
+    assert periods >= 2
+    speed = np.abs(arm[-1]) * step / period  # m/s of the TCP or rad/s of each joint
+    if control == "ee":
+        assert np.linalg.norm(speed[:3]) <= spec.max_tcp_speed_m_s * (1 + 1e-5)
+        assert np.linalg.norm(speed[:3]) >= 0.99 * min(
+            spec.max_tcp_speed_m_s, np.sqrt(3) * step / period
+        )
+    else:
+        vmax = np.array([lim.velocity for lim in spec.limits])
+        assert np.all(speed <= vmax * (1 + 1e-5))
+        np.testing.assert_allclose(speed, np.minimum(vmax, step / period), rtol=1e-5)
+    assert commands[0][-1] == 1.0  # the gripper's command is not rate-limited here
+
+
+def test_for_robot_refuses_an_action_of_another_size():
+    with pytest.raises(ValueError, match="no action of shape"):
+        SafetyConfig.for_robot(get_robot_spec("panda"), "ee", -np.ones(8), np.ones(8), 0.04)

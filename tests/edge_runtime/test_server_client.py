@@ -39,7 +39,7 @@ def test_handshake_then_actions_answer_observations():
 @pytest.mark.parametrize(
     ("overrides", "code"),
     [
-        ({"protocol_version": 2}, p.ErrorCode.BAD_VERSION),
+        ({"protocol_version": 1}, p.ErrorCode.BAD_VERSION),
         ({"task_id": "other/Task-v0"}, p.ErrorCode.TASK_MISMATCH),
         ({"robot": "xarm6"}, p.ErrorCode.TASK_MISMATCH),
         ({"control_rate_hz": 50.0}, p.ErrorCode.TASK_MISMATCH),
