@@ -56,6 +56,16 @@ class RobotController(ABC):
     def apply_action(self, action: np.ndarray) -> None:
         """Apply one command (already clipped by the safety layer) for one control period."""
 
+    def apply_step(self, action: np.ndarray, fraction: float) -> None:
+        """Apply ``fraction`` of one policy period's command in one loop cycle (multi-rate).
+
+        A controller whose loop runs ``k`` times faster than the policy (``MultiRateRuntime``)
+        gets this call on every loop cycle with ``fraction = 1 / k``: a delta command moves by
+        that fraction, an absolute target is interpolated by it. Single-rate controllers need
+        not implement it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} runs at the policy rate only")
+
     @abstractmethod
     def hold(self, action: np.ndarray) -> None:
         """Keep applying the last command for one control period (no fresh action)."""
