@@ -76,6 +76,7 @@ class EdgeClient:
         self._actions: p.StreamCodec | None = None
         self.last_round_trip_s: float | None = None  # of the last action accepted
         self.session_closed = ""  # why the server closed the session (SESSION_CLOSED), if it did
+        self._nonfinite: np.ndarray | None = None  # a NaN/Inf answer, if no finite one came
 
     def handshake(self, hello: dict[str, Any], timeout_s: float = 2.0) -> dict[str, Any]:
         """Send HELLO, return WELCOME's JSON; a new session replaces any previous one.
@@ -181,10 +182,13 @@ class EdgeClient:
         Returns as soon as the answer to the last observation sent is in. Until then it keeps
         waiting; at the deadline it returns the newest valid answer to an earlier observation
         (one that came late), if any. Returning a late answer at once instead would lock the
-        loop into using every action one cycle late.
+        loop into using every action one cycle late. An answer holding NaN or Inf is not
+        applied (its ``ack_seq`` stays open for a finite answer); returned only when no finite
+        one came by the deadline, so that the safety layer counts it.
         """
         deadline = time.monotonic() + timeout_s
         best: np.ndarray | None = None
+        self._nonfinite = None
         while True:
             while (frame := self._recv_frame()) is not None:
                 action = self._action_of(frame)
@@ -194,7 +198,7 @@ class EdgeClient:
                         return best
             left_s = deadline - time.monotonic()
             if left_s <= 0:
-                return best
+                return best if best is not None else self._nonfinite
             self._wait_readable(left_s)
 
     def _wait_readable(self, timeout_s: float) -> None:
@@ -258,6 +262,11 @@ class EdgeClient:
             self.metrics.count("actions_wrong_size")
             return None
         action = np.frombuffer(data, "<f4", self.action_size, offset).astype(np.float32)
+        if not np.isfinite(action).all():  # not applied, so its ack_seq is not used up: a
+            self.metrics.count("actions_nonfinite")  # finite answer may still come; else the
+            self._nonfinite = action  # safety layer gets this one, to count it
+            return None
+        self._nonfinite = None
         self._last_ack = ack_seq
         self.last_round_trip_s = age_ns / 1e9
         self.metrics.count("actions_accepted")

@@ -24,6 +24,8 @@ class Budget:
         frames_per_s: Frames a peer may send per second on average.
         burst: Frames it may send at once (bucket size).
         errors_per_s: ERROR replies it gets per second at most (also the error bucket's size).
+        handshakes_per_s: HELLO and DESCRIBE frames per second at most (also the bucket's
+            size): each costs a JSON parse and a schema check, far more than a frame.
         abuse_window_s: Over budget this long without backing off: banned (s).
         ban_s: How long a ban lasts (s).
     """
@@ -31,6 +33,7 @@ class Budget:
     frames_per_s: float
     burst: float
     errors_per_s: float = 10.0
+    handshakes_per_s: float = 20.0
     abuse_window_s: float = 2.0
     ban_s: float = 10.0
 
@@ -67,11 +70,27 @@ class Peer:
     banned_until_s: float = 0.0
     notified_s: float = -1e9
     key: str | None = None
+    handshake_tokens: float = 0.0
+    handshake_stamp_s: float = 0.0
 
     @classmethod
     def fresh(cls, budget: Budget, now_s: float, key: str | None = None) -> Peer:
         """A peer with full buckets."""
-        return cls(budget.burst, now_s, budget.errors_per_s, now_s, key=key)
+        return cls(
+            budget.burst, now_s, budget.errors_per_s, now_s, key=key,
+            handshake_tokens=budget.handshakes_per_s, handshake_stamp_s=now_s,
+        )  # fmt: skip
+
+    def spend_handshake(self, budget: Budget, now_s: float) -> bool:
+        """Whether it may send one more HELLO or DESCRIBE now (spends it)."""
+        rate = budget.handshakes_per_s
+        elapsed = now_s - self.handshake_stamp_s
+        self.handshake_tokens = min(rate, self.handshake_tokens + elapsed * rate)
+        self.handshake_stamp_s = now_s
+        if self.handshake_tokens < 1.0:
+            return False
+        self.handshake_tokens -= 1.0
+        return True
 
     def admit(self, budget: Budget, now_s: float) -> int:
         """Spend one frame token; the ``Verdict`` for this frame."""

@@ -127,6 +127,7 @@ _PAYLOAD_LIMITS: dict[MsgType, tuple[int | None, int]] = {
     MsgType.DESCRIPTION: (None, MAX_JSON_BYTES),
 }
 _FLOAT_TYPES = (MsgType.OBSERVATION, MsgType.ACTION)
+_JSON_TYPES = (MsgType.HELLO, MsgType.WELCOME, MsgType.DESCRIPTION)
 _TYPES = {int(t): t for t in MsgType}  # a dict lookup: cheaper than MsgType(value) per frame
 _FLAGS = {v: Flags(v) for v in range(2 * int(max(Flags)))}  # every combination of the bits
 FIXED_HEAD = 16  # header bytes 0-16 (magic .. session_id): the same for a session's stream
@@ -242,6 +243,9 @@ def _check_payload(kind: MsgType, length: int) -> None:
         raise ProtocolError(ErrorCode.BAD_LENGTH, f"{kind.name} payload of {length} bytes % 4")
     if kind is MsgType.ERROR and length < 2:
         raise ProtocolError(ErrorCode.BAD_LENGTH, "ERROR payload shorter than its 2-byte code")
+    if kind in _JSON_TYPES and length < 2:
+        raise ProtocolError(ErrorCode.BAD_LENGTH, f"{kind.name} payload of {length} bytes: a JSON "
+                            "object takes at least 2 ({})")  # fmt: skip
 
 
 def _check_flags(kind: MsgType, flags: int) -> None:

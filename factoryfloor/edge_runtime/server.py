@@ -23,6 +23,7 @@ from factoryfloor.edge_runtime.served import ServedPolicy
 from factoryfloor.edge_runtime.server_config import (
     EPISODE_START,
     MORE_NOW,
+    SEND_BUFFER_BYTES,
     Inbox,
     KeyedIdentity,
     Request,
@@ -32,6 +33,8 @@ from factoryfloor.edge_runtime.server_config import (
     readable_header,
 )
 from factoryfloor.edge_runtime.server_sessions import SessionRules
+
+_HANDSHAKES = (p.MsgType.HELLO, p.MsgType.DESCRIBE)
 
 __all__ = ["KeyedIdentity", "PolicyServer", "ServerConfig", "Session", "configure_router"]
 
@@ -70,6 +73,8 @@ class PolicyServer(SessionRules):
             configure_router(socket, config)
             socket.bind(config.bind)
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or gone peer is told, not silent
+        socket.setsockopt(zmq.SNDHWM, config.send_hwm)  # for connections from now on
+        socket.setsockopt(zmq.SNDBUF, SEND_BUFFER_BYTES)
         self.socket = socket
         self.metrics.set_gauge("resident_memory_mb", resident_memory_mb())
 
@@ -113,20 +118,41 @@ class PolicyServer(SessionRules):
             self._expire_sessions()
             return sent
         inbox: Inbox = {}
-        self._guarded(frames, inbox)
+        dropped: set[bytes] = set()  # peers whose frames were dropped since the last accepted
+        flooded = self._drop_run(self._guarded(frames, inbox), dropped)
         socket, received = self.socket, 1
         end = time.perf_counter() + self.config.drain_budget_ms * 1e-3
         while (
-            received < self.config.max_frames_per_drain
+            not flooded
+            and received < self.config.max_frames_per_drain
             and int(socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN
             and time.perf_counter() < end
         ):
-            self._guarded(self._recv(zmq.NOBLOCK), inbox)
+            flooded = self._drop_run(self._guarded(self._recv(zmq.NOBLOCK), inbox), dropped)
             received += 1
         self.metrics.count("frames_received", received)
         sent = self._answer(inbox) if inbox else 0
         self._expire_sessions()
+        if flooded:  # only over-budget peers have frames waiting: let TCP push back on them
+            self.metrics.count("flood_pauses")
+            time.sleep(self.config.flood_pause_ms * 1e-3)
         return sent
+
+    @staticmethod
+    def _drop_run(dropped_from: bytes | None, dropped: set[bytes]) -> bool:
+        """Whether the run of dropped frames came round to a peer already in it.
+
+        ZeroMQ reads a ROUTER's connections round-robin, so a second frame from a peer in the
+        run means that every connection with a frame waiting was visited and all of them are
+        over budget: nothing a well-behaved peer sent is waiting behind them.
+        """
+        if dropped_from is None:
+            dropped.clear()
+            return False
+        if dropped_from in dropped:
+            return True
+        dropped.add(dropped_from)
+        return False
 
     def _recv(self, flags: int = 0) -> list[Any]:
         """One message's frames; with ``keyed``, the first frame carries the peer's key."""
@@ -175,17 +201,22 @@ class PolicyServer(SessionRules):
         self.metrics.count("frames_received")
         return self._infer_and_send([(session, seq, t_send_ns)], obs)
 
-    def _guarded(self, frames: list[bytes], inbox: Inbox) -> None:
-        """``_handle`` one message: a failure is counted and answered, never raised."""
+    def _guarded(self, frames: list[bytes], inbox: Inbox) -> bytes | None:
+        """``_handle`` one message: a failure is counted and answered, never raised.
+
+        Returns:
+            The peer's identity when the frame was dropped for its budget, else None.
+        """
         try:
-            self._handle(frames, inbox)
+            return self._handle(frames, inbox)
         except Exception as exc:  # the per-frame boundary: no peer can stop the server
             self.metrics.count("frame_failures")
             identity = frames[0] if frames else b""
             with contextlib.suppress(Exception):
                 self._reject(identity, p.ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"[:200])
+            return None
 
-    def _handle(self, frames: list[bytes], inbox: Inbox) -> None:
+    def _handle(self, frames: list[bytes], inbox: Inbox) -> bytes | None:
         identity = frames[0]
         now = time.monotonic()
         session = self.sessions.get(self.by_identity.get(identity, 0))
@@ -195,21 +226,28 @@ class PolicyServer(SessionRules):
         verdict = peer.admit(self.budget, now)
         if verdict != Verdict.ACCEPT:
             self._over_budget(identity, peer, session, verdict, now)
-            return
+            return identity
         if len(frames) != 2:
             self._reject(identity, p.ErrorCode.BAD_LENGTH, "one frame per message (no multipart)")
-            return
+            return None
         try:
             msg = p.decode(frames[1])
         except p.ProtocolError as exc:
             self._reject(identity, exc.code, exc.text, readable_header(frames[1]))
-            return
+            return None
         handler = self._handlers.get(msg.type)
         if handler is None:
             self._reject(identity, p.ErrorCode.BAD_TYPE, f"{msg.type.name} is not sent to servers",
                          msg)  # fmt: skip
-            return
+            return None
+        if msg.type in _HANDSHAKES and not peer.spend_handshake(self.budget, now):
+            self.metrics.count("handshakes_throttled")
+            if peer.may_notify(now):
+                text = f"over {self.budget.handshakes_per_s:.0f} HELLO/DESCRIBE per second"
+                self._reject(identity, p.ErrorCode.THROTTLED, text, msg)
+            return None
         handler(self, identity, msg, inbox)
+        return None
 
     def _over_budget(
         self, identity: bytes, peer: Peer, session: Session | None, verdict: int, now: float

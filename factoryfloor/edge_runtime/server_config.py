@@ -26,12 +26,15 @@ class ServerConfig:
         abuse_window_s: Over budget this long: the peer is banned (s).
         ban_s: How long a ban lasts (s).
         error_replies_per_s: ERROR frames per peer per second at most (the rest only counted).
+        handshakes_per_s: HELLO and DESCRIBE frames per peer per second at most.
         send_hwm: Frames queued to one peer at most.
         unread_limit: Sends in a row to a full queue after which the session is closed.
         max_peers: Peers without a session remembered at most.
         poll_timeout_ms: Longest wait for a frame in ``run_once`` (ms).
         max_frames_per_drain: Frames read per ``run_once`` before answering.
         drain_budget_ms: Longest a drain reads before answering (ms).
+        flood_pause_ms: Pause after a drain in which only over-budget peers had frames
+            waiting (ms): they are read no faster than that, and TCP pushes back on them.
         name: Server name sent in WELCOME.
     """
 
@@ -46,12 +49,14 @@ class ServerConfig:
     abuse_window_s: float = 2.0
     ban_s: float = 10.0
     error_replies_per_s: float = 10.0
+    handshakes_per_s: float = 20.0
     send_hwm: int = 16
     unread_limit: int = 8
     max_peers: int = 4_096
     poll_timeout_ms: int = 100
     max_frames_per_drain: int = 1_000
     drain_budget_ms: float = 2.0
+    flood_pause_ms: float = 0.2
     name: str = "factoryfloor-edge"
 
     def __post_init__(self) -> None:
@@ -67,7 +72,7 @@ class ServerConfig:
         return Budget(
             frames_per_s=rate, burst=max(1.0, rate * self.peer_burst_s),
             errors_per_s=self.error_replies_per_s, abuse_window_s=self.abuse_window_s,
-            ban_s=self.ban_s,
+            ban_s=self.ban_s, handshakes_per_s=self.handshakes_per_s,
         )  # fmt: skip
 
 
@@ -106,10 +111,14 @@ class KeyedIdentity(bytes):
         return obj
 
 
+SEND_BUFFER_BYTES = 16_384  # per connection: the kernel's share of a peer's send queue
+
+
 def configure_router(socket: zmq.Socket[bytes], config: ServerConfig) -> None:
     """Options of the server's ROUTER socket, set before it binds (queues per peer)."""
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.SNDHWM, config.send_hwm)
+    socket.setsockopt(zmq.SNDBUF, SEND_BUFFER_BYTES)  # else the kernel queues what ZeroMQ won't
     socket.setsockopt(zmq.RCVHWM, 64)  # frames read ahead per peer: a flood waits in TCP
     socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
 

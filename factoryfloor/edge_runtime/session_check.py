@@ -50,7 +50,7 @@ def _validate(name: str, doc: dict[str, Any], what: str) -> None:
 
 def _check_version(doc: dict[str, Any], what: str) -> None:
     version = doc.get("protocol_version")
-    if version != p.PROTOCOL_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != p.PROTOCOL_VERSION:  # 2.0 and true are not 2
         raise p.ProtocolError(
             p.ErrorCode.BAD_VERSION,
             f"{what} protocol_version {str(version)[:20]!r}; this side speaks {p.PROTOCOL_VERSION}",

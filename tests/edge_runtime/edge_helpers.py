@@ -48,7 +48,8 @@ class LinearPolicy:
 
 def hello(**overrides: object) -> dict:
     msg = {
-        "protocol_version": p.PROTOCOL_VERSION, "controller": "test", "robot": "panda", "task_id": "test/Task-v0",
+        "protocol_version": p.PROTOCOL_VERSION, "controller": "test", "robot": "panda",
+        "task_id": "test/Task-v0",
         "observation": OBS, "action": ACT, "control_rate_hz": 100.0, "hold_window_ms": 20.0,
         "schema_sha256": p.schema_sha256(OBS, ACT), "model_sha256": None,
     }  # fmt: skip

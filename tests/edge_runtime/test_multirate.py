@@ -98,6 +98,6 @@ def test_an_adapter_without_apply_step_or_a_bad_multiple_is_refused():
         with pytest.raises(ValueError, match="apply_step"):
             MultiRateRuntime(SingleRate(), client, K)
         for bad in (0, 101, True):
-            with pytest.raises(ValueError, match="1..100"):
+            with pytest.raises(ValueError, match=r"1\.\.100"):
                 MultiRateRuntime(PointRobot(), client, bad)
         client.close()
