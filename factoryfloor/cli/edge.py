@@ -15,13 +15,25 @@ from factoryfloor.cli._args import add_robot, add_task, count
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    """Add the serve, run-sim and keygen subcommands to ``p``."""
+    """Add the serve, run-sim, keygen, conformance and describe subcommands to ``p``."""
     sub = p.add_subparsers(dest="edge_command", required=True, metavar="EDGE_COMMAND")
     fmt = p.formatter_class
     for name, text, configure_one, run_one in (
         ("serve", "serve a policy bundle (or the expert) over ZeroMQ", _serve_args, _run_serve),
         ("run-sim", "run the simulated cell against a policy server", _sim_args, _run_edge_sim),
         ("keygen", "create CURVE keys for a server and its controllers", _keygen_args, _keygen),
+        (
+            "conformance",
+            "test an FFEP/2 server (--connect) or controller (--serve) against docs/protocol.md",
+            _conformance_args,
+            _conformance,
+        ),
+        (
+            "describe",
+            "print what an FFEP/2 server serves (its DESCRIPTION)",
+            _describe_args,
+            _describe,
+        ),
     ):
         one = sub.add_parser(name, help=text, description=text, formatter_class=fmt)
         configure_one(one)
@@ -132,4 +144,70 @@ def _keygen(args: argparse.Namespace) -> int:
     for role, path in keygen(args.dir, args.client).items():
         print(f"{role}: {path}")
     print(f"server: --keys {args.dir}; give each controller {args.dir}/server.key and its secret")
+    return 0
+
+
+def _conformance_args(c: argparse.ArgumentParser) -> None:
+    mode = c.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--connect", metavar="ENDPOINT", help="test the server at ENDPOINT")
+    mode.add_argument("--serve", action="store_true", help="test the controller of --controller")
+    c.add_argument("--out", type=Path, metavar="FILE.json", help="write the results as JSON")
+    c.add_argument("--check", action="append", metavar="NAME", help="run only these checks")
+    c.add_argument("--keys", type=Path, help="CURVE key folder holding this client's keys")
+    c.add_argument("--client-name", default="controller", help="client key name in --keys")
+    c.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for an answer")
+    c.add_argument("--bind", default="tcp://127.0.0.1:0", help="--serve: endpoint the kit binds")
+    add_task(c, option=True)
+    add_robot(c, "--serve: robot of --task")
+    c.add_argument("--spec", type=Path, help="--serve: a DESCRIPTION JSON instead of --task")
+    c.add_argument("--controller", metavar="COMMAND", help="--serve: command with {endpoint}")
+    c.add_argument("--hello-timeout", type=float, default=20.0, help="--serve: s to HELLO")
+
+
+def _conformance(args: argparse.Namespace) -> int:
+    from factoryfloor.edge_runtime import conformance as kit
+    from factoryfloor.edge_runtime.conformance.runner import conformance, socket_setup
+
+    if not args.serve:
+        setup = socket_setup(args.keys, args.client_name)
+        target = kit.ServerTarget(args.connect, setup, timeout_s=args.timeout)
+        return conformance(kit.SERVER_CHECKS, target, args.connect, args.out, args.check)
+    if not args.controller or "{endpoint}" not in args.controller:
+        raise ValueError('--serve needs --controller "COMMAND ... {endpoint} ..."')
+    controller = kit.ControllerTarget(
+        args.controller, _served_spec(args), bind=args.bind, hello_timeout_s=args.hello_timeout
+    )
+    return conformance(kit.CONTROLLER_CHECKS, controller, args.controller, args.out, args.check)
+
+
+def _served_spec(args: argparse.Namespace) -> Any:
+    from factoryfloor.edge_runtime.conformance.runner import load_spec
+
+    if args.spec is not None:
+        return load_spec(args.spec)
+    if args.task is None:
+        raise ValueError("--serve needs --task TASK (with --robot) or --spec DESCRIPTION.json")
+    import gymnasium as gym
+
+    from factoryfloor.stack.sim_cell import describe_env
+
+    env = gym.make(args.task, robot=args.robot)
+    try:
+        return describe_env(env, args.task, args.robot)
+    finally:
+        env.close()
+
+
+def _describe_args(d: argparse.ArgumentParser) -> None:
+    d.add_argument("--connect", default="tcp://127.0.0.1:5555", help="server endpoint")
+    d.add_argument("--keys", type=Path, help="CURVE key folder holding this client's keys")
+    d.add_argument("--client-name", default="controller", help="client key name in --keys")
+    d.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for DESCRIPTION")
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from factoryfloor.edge_runtime.conformance.runner import describe_endpoint, socket_setup
+
+    setup = socket_setup(args.keys, args.client_name)
+    print(json.dumps(describe_endpoint(args.connect, setup, args.timeout), indent=2))
     return 0
