@@ -492,7 +492,7 @@ def victim(endpoint: str, cycles: int) -> dict[str, Any]:
         done += report.cycles
         if report.state == "FAULT":
             faults += 1
-            reasons.append(report.reason)
+            reasons.append(f"cycle {done}: {report.reason}: {runtime.explain_fault()}")
             if connect()[0] is None:
                 break
     stats = client.metrics.latencies.get("round_trip")

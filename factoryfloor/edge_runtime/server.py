@@ -34,7 +34,7 @@ from factoryfloor.edge_runtime.server_config import (
 )
 from factoryfloor.edge_runtime.server_sessions import SessionRules
 
-_HANDSHAKES = (p.MsgType.HELLO, p.MsgType.DESCRIBE)
+_HANDSHAKE_BYTES = (bytes([p.MsgType.HELLO]), bytes([p.MsgType.DESCRIBE]))  # header byte 5
 
 __all__ = ["KeyedIdentity", "PolicyServer", "ServerConfig", "Session", "configure_router"]
 
@@ -65,6 +65,7 @@ class PolicyServer(SessionRules):
         self.sessions: dict[int, Session] = {}
         self.by_identity: dict[bytes, int] = {}
         self.peers = PeerTable(config.max_peers)
+        self._hellos: dict[bytes, p.Message] = {}
         self.stop_event = threading.Event()
         self._next_expiry_s = 0.0
         self._rcvtimeo: int | None = None
@@ -104,7 +105,11 @@ class PolicyServer(SessionRules):
         Returns:
             Actions sent.
         """
+        if self._hellos:
+            self.process_hellos(self.config.handshake_budget_ms * 1e-3)
         timeout = self.config.poll_timeout_ms if timeout_ms is None else timeout_ms
+        if self._hellos:
+            timeout = 0  # more to check: do not sleep on the socket
         if timeout != self._rcvtimeo:
             self.socket.setsockopt(zmq.RCVTIMEO, timeout)
             self._rcvtimeo = timeout
@@ -132,6 +137,8 @@ class PolicyServer(SessionRules):
             received += 1
         self.metrics.count("frames_received", received)
         sent = self._answer(inbox) if inbox else 0
+        if self._hellos:  # after the observations: a handshake never delays an action
+            self.process_hellos(self.config.handshake_budget_ms * 1e-3)
         self._expire_sessions()
         if flooded:  # only over-budget peers have frames waiting: let TCP push back on them
             self.metrics.count("flood_pauses")
@@ -230,6 +237,12 @@ class PolicyServer(SessionRules):
         if len(frames) != 2:
             self._reject(identity, p.ErrorCode.BAD_LENGTH, "one frame per message (no multipart)")
             return None
+        if frames[1][5:6] in _HANDSHAKE_BYTES and not peer.spend_handshake(self.budget, now):
+            self.metrics.count("handshakes_throttled")  # checked before the costly parse
+            if peer.may_notify(now):
+                text = f"over {self.budget.handshakes_per_s:.0f} HELLO/DESCRIBE per second"
+                self._reject(identity, p.ErrorCode.THROTTLED, text, readable_header(frames[1]))
+            return identity
         try:
             msg = p.decode(frames[1])
         except p.ProtocolError as exc:
@@ -239,12 +252,6 @@ class PolicyServer(SessionRules):
         if handler is None:
             self._reject(identity, p.ErrorCode.BAD_TYPE, f"{msg.type.name} is not sent to servers",
                          msg)  # fmt: skip
-            return None
-        if msg.type in _HANDSHAKES and not peer.spend_handshake(self.budget, now):
-            self.metrics.count("handshakes_throttled")
-            if peer.may_notify(now):
-                text = f"over {self.budget.handshakes_per_s:.0f} HELLO/DESCRIBE per second"
-                self._reject(identity, p.ErrorCode.THROTTLED, text, msg)
             return None
         handler(self, identity, msg, inbox)
         return None

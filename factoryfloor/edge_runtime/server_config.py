@@ -33,6 +33,8 @@ class ServerConfig:
         poll_timeout_ms: Longest wait for a frame in ``run_once`` (ms).
         max_frames_per_drain: Frames read per ``run_once`` before answering.
         drain_budget_ms: Longest a drain reads before answering (ms).
+        handshake_budget_ms: Time given to queued HELLOs after each drain (ms; one at least).
+        max_pending_hellos: HELLOs queued at most (the rest: ``TOO_MANY_SESSIONS``, retry).
         flood_pause_ms: Pause after a drain in which only over-budget peers had frames
             waiting (ms): they are read no faster than that, and TCP pushes back on them.
         name: Server name sent in WELCOME.
@@ -57,11 +59,13 @@ class ServerConfig:
     max_frames_per_drain: int = 1_000
     drain_budget_ms: float = 2.0
     flood_pause_ms: float = 0.2
+    handshake_budget_ms: float = 1.0
+    max_pending_hellos: int = 128
     name: str = "factoryfloor-edge"
 
     def __post_init__(self) -> None:
         if min(self.max_sessions, self.max_sessions_per_key, self.send_hwm, self.unread_limit,
-               self.max_peers, self.max_frames_per_drain) < 1:  # fmt: skip
+               self.max_peers, self.max_frames_per_drain, self.max_pending_hellos) < 1:  # fmt: skip
             raise ValueError("session, queue, peer and drain limits must be >= 1")
         if not 0 < self.max_action_age_ms <= 10_000:
             raise ValueError("max_action_age_ms must be in (0, 10000]")
@@ -111,6 +115,7 @@ class KeyedIdentity(bytes):
         return obj
 
 
+MAX_MESSAGE_BYTES = 2 * (48 + 65_536)  # larger messages close the connection unread
 SEND_BUFFER_BYTES = 16_384  # per connection: the kernel's share of a peer's send queue
 
 
@@ -121,6 +126,9 @@ def configure_router(socket: zmq.Socket[bytes], config: ServerConfig) -> None:
     socket.setsockopt(zmq.SNDBUF, SEND_BUFFER_BYTES)  # else the kernel queues what ZeroMQ won't
     socket.setsockopt(zmq.RCVHWM, 64)  # frames read ahead per peer: a flood waits in TCP
     socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    # ZeroMQ drops a connection that sends a larger message before it is read at all; up to
+    # twice the largest frame, it is read and answered BAD_LENGTH (docs/protocol.md, section 8)
+    socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
 
 
 def readable_header(frame: bytes) -> p.Message | None:
