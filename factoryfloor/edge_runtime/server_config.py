@@ -47,7 +47,7 @@ class ServerConfig:
     evict_after_s: float = 0.5
     max_sessions_per_key: int = 8
     peer_frames_per_s: float | None = None
-    peer_burst_s: float = 1.0
+    peer_burst_s: float = 0.25
     abuse_window_s: float = 2.0
     ban_s: float = 10.0
     error_replies_per_s: float = 10.0
@@ -57,7 +57,7 @@ class ServerConfig:
     max_peers: int = 4_096
     poll_timeout_ms: int = 100
     max_frames_per_drain: int = 1_000
-    drain_budget_ms: float = 2.0
+    drain_budget_ms: float = 0.5
     flood_pause_ms: float = 0.2
     handshake_budget_ms: float = 1.0
     max_pending_hellos: int = 128
