@@ -109,6 +109,12 @@ class StandInRobot(RobotController):
         return ControllerStatus(standstill=True)
 
 
+def action_range(desc: PolicySpec) -> np.ndarray:
+    """``high - low`` of the action: a rate limit that limits nothing."""
+    (act,) = desc.action
+    return np.asarray(act["high"], np.float32) - np.asarray(act["low"], np.float32)
+
+
 def description(bundle_path: str) -> tuple[PolicySpec, int, int]:
     """The HELLO description matching the bundle, and its observation and action sizes."""
     spec = PolicySpec.from_manifest(load_bundle(bundle_path, backend="numpy").manifest)
@@ -283,9 +289,13 @@ def run_loop(
     desc, obs_size, _ = description(BUNDLE)
     robot = StandInRobot(desc, np.zeros(obs_size, np.float32))
     client = EdgeClient(endpoint)
+    # The loop runs a stateless policy faster than its rate (a timing study): the robot's rate
+    # limits, which hold per policy period, are off (the action range); the safety layer's
+    # decisions are timed all the same.
     runtime = ControllerRuntime(
-        robot, client, hold_window_s=0.02, loop_rate_hz=rate_hz, rt_priority=rt_priority or None
-    )
+        robot, client, hold_window_s=0.02, loop_rate_hz=rate_hz, rt_priority=rt_priority or None,
+        max_change=action_range(desc),
+    )  # fmt: skip
     pooled, lateness, round_trips, held, states = LoopStats(), _stats(), _stats(), 0, []
     warm_up_faults = 0
     for _ in range(rounds):
@@ -525,15 +535,19 @@ def targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
         key = f"{int(loop['rate_hz'])}hz"
         bare = r["ping_pong_us"][key]["p99"] + r["inference_us"][key]["p99"]
         ratio = loop["round_trip_us"]["p99"] / bare
+        ran = loop["state"] != "FAULT" and loop["round_trip_us"].get("count", 0) > 0
         out[f"runtime_p99_vs_bare_{key}"] = {
             "value": round(ratio, 2),
             "limit": 1.5,
-            "met": ratio <= 1.5,
+            "met": ran and ratio <= 1.5,  # a loop that faulted or measured nothing meets nothing
         }
     miss = next(loop for loop in r["loops"] if loop["rate_hz"] == 500)["miss_rate"]
     fleet_p99 = r["robots_8x100hz"]["round_trip_p99_us_worst"]
     out["miss_rate_500hz"] = {"value": miss, "limit": 0.001, "met": miss <= 0.001}
-    out["fleet_8x100hz_p99_us"] = {"value": fleet_p99, "limit": 2000, "met": fleet_p99 < 2000}
+    fleet_ok = r["robots_8x100hz"]["faults"] == 0 and fleet_p99 > 0
+    out["fleet_8x100hz_p99_us"] = {
+        "value": fleet_p99, "limit": 2000, "met": fleet_ok and fleet_p99 < 2000,
+    }  # fmt: skip
     rss = r["server_rss_mb"]
     out["server_rss_mb"] = {"value": rss, "limit": 150, "met": rss <= 150}
     return out

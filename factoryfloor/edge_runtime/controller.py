@@ -108,7 +108,8 @@ class ControllerRuntime:
             and the description names its control mode; else only the action limits apply).
         name: Controller name sent in HELLO.
         loop_rate_hz: Loop rate (Hz); None runs at the description's control rate. Another
-            rate is for timing studies of stateless policies (HELLO still states the policy's).
+            rate (an integer multiple of it) is for timing studies of stateless policies: an
+            observation every cycle; HELLO states it as ``loop_rate_hz``.
         rt_priority: Run ``run``'s loop under ``SCHED_FIFO`` at this priority (1..99), as a real
             controller would; None keeps the default scheduler (``realtime.py``).
     """
@@ -140,9 +141,11 @@ class ControllerRuntime:
 
     def hello(self) -> dict[str, Any]:
         """The HELLO payload of this controller."""
-        return self.controller.description.hello(
-            self.name, self.safety.config.hold_window_s * 1e3, self.model_sha256
-        )
+        desc = self.controller.description
+        faster = self.rate_hz if self.rate_hz != desc.control_rate_hz else None
+        return desc.hello(
+            self.name, self.safety.config.hold_window_s * 1e3, self.model_sha256, faster
+        )  # a loop faster than the policy says so: the server's frame budget follows it
 
     def rearm(self) -> dict[str, Any]:
         """Leave FAULT and open a new session (raises ``HandshakeError`` when refused)."""

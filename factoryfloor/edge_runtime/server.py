@@ -198,7 +198,7 @@ class PolicyServer(SessionRules):
         if not np.isfinite(obs).all():
             return None
         now = time.monotonic()
-        if session.peer.admit(self.budget, now) != Verdict.ACCEPT:
+        if session.peer.admit(session.budget, now) != Verdict.ACCEPT:
             session.peer.tokens += 1.0  # not spent: the general path decides again
             return None
         session.last_seq, session.last_seen_s = seq, now
@@ -230,7 +230,8 @@ class PolicyServer(SessionRules):
         peer = session.peer if session is not None else self.peers.get(
             identity, self.budget, now, getattr(identity, "key", None)
         )  # fmt: skip
-        verdict = peer.admit(self.budget, now)
+        budget = session.budget if session is not None else self.budget
+        verdict = peer.admit(budget, now)
         if verdict != Verdict.ACCEPT:
             self._over_budget(identity, peer, session, verdict, now)
             return identity

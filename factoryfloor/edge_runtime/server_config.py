@@ -90,6 +90,7 @@ class Session:
     actions: p.StreamCodec
     peer: Peer
     loop_rate_hz: float
+    budget: Budget  # its frame budget, from its declared loop rate
     last_seq: int = 0
     sent_seq: int = 0
     last_seen_s: float = 0.0

@@ -108,7 +108,8 @@ class SessionRules:
             sid, identity,
             observations=p.StreamCodec(p.MsgType.OBSERVATION, sid, self.spec.obs_size),
             actions=p.StreamCodec(p.MsgType.ACTION, sid, self.spec.action_size),
-            peer=peer, loop_rate_hz=loop_rate, last_seen_s=now,
+            peer=peer, loop_rate_hz=loop_rate, budget=self.config.budget(loop_rate),
+            last_seen_s=now,
         )  # fmt: skip
         self.sessions[sid] = session
         self.by_identity[identity] = sid

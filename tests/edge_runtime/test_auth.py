@@ -12,6 +12,7 @@ import zmq
 from edge_helpers import LinearPolicy, hello
 
 from factoryfloor.cli import main
+from factoryfloor.edge_runtime import protocol as p
 from factoryfloor.edge_runtime.auth import (
     SecurityError,
     check_bind,
@@ -137,3 +138,33 @@ def test_cli_refuses_an_insecure_bind(capsys):
                  "--bind", "tcp://0.0.0.0:5599"])  # fmt: skip
     assert code == 2
     assert "factoryfloor edge keygen" in capsys.readouterr().err
+
+
+def test_one_client_key_holds_at_most_its_sessions_and_the_others_are_refused(keys):
+    config = ServerConfig(bind="tcp://127.0.0.1:0", poll_timeout_ms=10, max_sessions_per_key=2)
+    server, security = make_server(LinearPolicy(), config, keys / "keys")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    clients = []
+    try:
+        for _ in range(2):  # two connections with the same key: two sessions
+            clients.append(client_with_keys(server.endpoint, keys / "keys", "robot1"))
+            clients[-1].handshake(hello())
+        third = client_with_keys(server.endpoint, keys / "keys", "robot1")
+        clients.append(third)
+        with pytest.raises(HandshakeError, match="client key holds 2 sessions") as info:
+            third.handshake(hello())
+        assert info.value.code == p.ErrorCode.TOO_MANY_SESSIONS
+        (key,) = {s.peer.key for s in server.sessions.values()}  # the ZAP User-Id: its key
+        assert isinstance(key, str) and len(key) == 40  # Z85 text of a 32-byte CURVE key
+        clients[0].send_bye()  # a slot of this key frees
+        time.sleep(0.1)
+        third.handshake(hello())
+        assert len(server.sessions) == 2
+    finally:
+        for c in clients:
+            c.close()
+        server.stop_event.set()
+        thread.join(5)
+        server.close()
+        security.stop()
