@@ -103,9 +103,11 @@ class ControllerRuntime:
         client: A connected ``EdgeClient``.
         hold_window_s: Hold window (s).
         model_sha256: Model the controller was certified with (None: accept the server's).
-        max_change: Rate limit per action component and cycle (None: from the robot's
-            description, ``SafetyConfig.for_robot``, when ``factoryfloor.robots`` has the robot
-            and the description names its control mode; else only the action limits apply).
+        max_change: Rate limit per action component and cycle (None: the robot's limits,
+            ``SafetyConfig.for_robot``, when ``factoryfloor.robots`` has the robot and the
+            description names its control mode; else only the action limits apply).
+        limit_acceleration: With the robot's limits, also rate-limit by its acceleration
+            limits (for policies trained under them).
         name: Controller name sent in HELLO.
         loop_rate_hz: Loop rate (Hz); None runs at the description's control rate. Another
             rate (an integer multiple of it) is for timing studies of stateless policies: an
@@ -124,11 +126,14 @@ class ControllerRuntime:
         name: str = "controller",
         loop_rate_hz: float | None = None,
         rt_priority: int | None = None,
+        limit_acceleration: bool = False,
     ) -> None:
         self.controller, self.client = controller, client
         desc = controller.description
         self.rate_hz = loop_rate_hz or desc.control_rate_hz
-        self.safety = SafetyLayer(_safety_config(desc, max_change, self.rate_hz, hold_window_s))
+        self.safety = SafetyLayer(
+            _safety_config(desc, max_change, self.rate_hz, hold_window_s, limit_acceleration)
+        )
         self.loop = FixedRateLoop(self.rate_hz)
         self.model_sha256, self.name = model_sha256, name
         if rt_priority is not None:
@@ -294,7 +299,11 @@ class ControllerRuntime:
 
 
 def _safety_config(
-    desc: PolicySpec, max_change: np.ndarray | None, rate_hz: float, hold_window_s: float
+    desc: PolicySpec,
+    max_change: np.ndarray | None,
+    rate_hz: float,
+    hold_window_s: float,
+    acceleration: bool,
 ) -> SafetyConfig:
     """The controller's limits: the action spec's, and the robot's rate limits when known."""
     low = np.concatenate([np.ravel(a["low"]) for a in desc.action]).astype(np.float32)
@@ -303,7 +312,7 @@ def _safety_config(
     if max_change is None and desc.control and desc.robot in robot_names():
         robot = get_robot_spec(desc.robot)
         return SafetyConfig.for_robot(
-            robot, desc.control, low, high, period, hold_window_s=hold_window_s
+            robot, desc.control, low, high, period, acceleration, hold_window_s=hold_window_s
         )
     change = high - low if max_change is None else np.asarray(max_change, np.float32)
     return SafetyConfig(

@@ -121,7 +121,7 @@ def test_full_range_step_is_spread_over_the_periods_the_robot_limits_allow(robot
     size = 4 if control == "ee" else spec.n_arm + 1
     period = 0.04  # 25 Hz, the tasks' rate
     cfg = SafetyConfig.for_robot(
-        spec, control, -np.ones(size), np.ones(size), period, clip_limit=1_000
+        spec, control, -np.ones(size), np.ones(size), period, acceleration=True, clip_limit=1_000
     )
     step = spec.max_ee_step_m if control == "ee" else spec.max_joint_step_rad
     if control == "ee":
@@ -154,3 +154,25 @@ def test_full_range_step_is_spread_over_the_periods_the_robot_limits_allow(robot
 def test_for_robot_refuses_an_action_of_another_size():
     with pytest.raises(ValueError, match="no action of shape"):
         SafetyConfig.for_robot(get_robot_spec("panda"), "ee", -np.ones(8), np.ones(8), 0.04)
+
+
+@pytest.mark.parametrize("robot", robot_names())
+@pytest.mark.parametrize("control", ["ee", "joints"])
+def test_by_default_the_velocity_limits_bound_every_command(robot, control):
+    spec = get_robot_spec(robot)
+    size = 4 if control == "ee" else spec.n_arm + 1
+    period = 0.04
+    cfg = SafetyConfig.for_robot(
+        spec, control, -np.ones(size), np.ones(size), period, clip_limit=1_000
+    )
+    np.testing.assert_allclose(cfg.max_change, 2.0)  # no acceleration limit by default
+    layer = SafetyLayer(cfg)
+    step = spec.max_ee_step_m if control == "ee" else spec.max_joint_step_rad
+    rng = np.random.default_rng(0)
+    for k in range(200):  # commands anywhere in the action range, even full-range jumps
+        command = layer.decide(0.001 * k, rng.choice([-1.0, 1.0], size).astype(np.float32))
+        speed = np.abs(command.command[:-1]) * step / period  # m/s or rad/s
+        if control == "ee":
+            assert np.linalg.norm(speed[:3]) <= spec.max_tcp_speed_m_s * (1 + 1e-5)
+        else:
+            assert np.all(speed <= [lim.velocity * (1 + 1e-5) for lim in spec.limits])
