@@ -207,15 +207,23 @@ class ControllerRuntime:
             return Decision(State.FAULT, None, reason=self.safety.reason)
         return decision
 
-    def _cycle(self) -> Decision:
+    def _start_cycle(self) -> tuple[float, bool, float]:
+        """Wait for the cycle's due time; (due time, whether the wire may be used, start) (s).
+
+        The wire is not used while braking, in FAULT, or when overruns start braking.
+        """
         due, overran = self.loop.wait_next()
         braking = self.safety.overrun(due) if overran else None
         if not overran:
             self.safety.on_time()
-        began = time.monotonic()
+        live = braking is None and self.safety.state not in (State.BRAKING, State.FAULT)
+        return due, live, time.monotonic()
+
+    def _cycle(self) -> Decision:
+        due, live, began = self._start_cycle()
         sent = waited = began
         action = None
-        if braking is None and self.safety.state not in (State.BRAKING, State.FAULT):
+        if live:
             obs, start = self.controller.read_state()
             self.client.send_observation(obs, episode_start=start)
             sent = time.monotonic()

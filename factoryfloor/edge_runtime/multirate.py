@@ -71,15 +71,11 @@ class MultiRateRuntime(ControllerRuntime):
         return welcome
 
     def _cycle(self) -> Decision:
-        due, overran = self.loop.wait_next()
-        braking = self.safety.overrun(due) if overran else None
-        if not overran:
-            self.safety.on_time()
-        began = time.monotonic()
+        due, live, began = self._start_cycle()
         sent = waited = began
         phase, self._phase = self._phase, (self._phase + 1) % self.k
         action = None
-        if braking is None and self.safety.state not in _STOPPING:
+        if live:
             if phase == 0:
                 obs, start = self.controller.read_state()
                 self.client.send_observation(obs, episode_start=start)
