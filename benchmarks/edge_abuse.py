@@ -55,10 +55,12 @@ from typing import Any
 import numpy as np
 import zmq
 
-# Top-level imports stay light (stdlib, numpy, zmq): every attack process re-imports this
-# module ('spawn'); factoryfloor is imported where the server and the victim need it.
+from factoryfloor.edge_runtime.conformance.kit import frame as kit_frame
+from factoryfloor.edge_runtime.protocol import HEADER
 
-HEADER = struct.Struct("<4sBBHIIQQQQ")  # docs/protocol.md, section 2
+# Top-level imports stay light (stdlib, numpy, zmq, the codec): every attack process re-imports
+# this module ('spawn'); the server and the victim import the rest where they need it.
+
 HELLO, OBSERVATION, HEARTBEAT, ERROR, BYE, DESCRIBE = 1, 3, 5, 6, 7, 8
 TOO_MANY_SESSIONS = 14
 OBS_FIELDS = [{"name": "observation", "shape": [6], "units": "m"}]
@@ -107,22 +109,12 @@ class LinearPolicy:
         """Stateless: nothing to forget."""
 
 
-def frame(
-    mtype: int,
-    payload: bytes = b"",
-    *,
-    session: int = 0,
-    seq: int = 1,
-    flags: int = 0,
-    version: int = 2,
-    length: int | None = None,
-    magic: bytes = b"FFEP",
-) -> bytes:
-    """A frame packed by hand, with no checks (the server must make them)."""
-    size = len(payload) if length is None else length
-    return HEADER.pack(
-        magic, version, mtype, flags, size, session, seq, 0, time.monotonic_ns(), 0
-    ) + (payload)
+def frame(mtype: int, payload: bytes = b"", **fields: Any) -> bytes:
+    """A frame packed by hand, with no checks (the server must make them): ``kit.frame``."""
+    fields.setdefault("seq", 1)
+    if "length" in fields:
+        fields["payload_len"] = fields.pop("length")
+    return kit_frame(mtype, payload, **fields)
 
 
 def good_hello(controller: str = "peer") -> dict[str, Any]:

@@ -270,10 +270,14 @@ class ControllerRuntime:
         elif decision.command is not None:  # HOLD, ARMED
             self.controller.hold(decision.command)
         else:
-            self.controller.brake()
-            if self.safety.state is State.BRAKING and self.controller.status().standstill:
-                self.safety.standstill(now)
-                self.standstill_at_s = now
+            self._brake(now)
+
+    def _brake(self, now: float) -> None:
+        """Command zero velocity; FAULT latches once the robot reports standstill."""
+        self.controller.brake()
+        if self.safety.state is State.BRAKING and self.controller.status().standstill:
+            self.safety.standstill(now)
+            self.standstill_at_s = now
 
     def report(self, cycles: int) -> RuntimeReport:
         """The figures of the run so far."""

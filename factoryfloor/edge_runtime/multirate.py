@@ -111,7 +111,4 @@ class MultiRateRuntime(ControllerRuntime):
         elif decision.command is not None:  # ARMED: stand still until the first action
             self.controller.hold(decision.command)
         else:
-            self.controller.brake()
-            if self.safety.state is State.BRAKING and self.controller.status().standstill:
-                self.safety.standstill(now)
-                self.standstill_at_s = now
+            self._brake(now)

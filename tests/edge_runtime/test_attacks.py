@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from factoryfloor.edge_runtime import protocol as p
 from factoryfloor.edge_runtime.client import EdgeClient, HandshakeError
+from factoryfloor.edge_runtime.conformance.kit import frame
 from factoryfloor.edge_runtime.controller import (
     ControllerRuntime,
     ControllerStatus,
@@ -58,22 +59,9 @@ def serving(**config: Any) -> Iterator[tuple[PolicyServer, threading.Thread]]:
         server.close()
 
 
-def raw_frame(
-    mtype: int,
-    payload: bytes = b"",
-    *,
-    session: int = 0,
-    seq: int = 1,
-    flags: int = 0,
-    version: int = p.PROTOCOL_VERSION,
-    length: int | None = None,
-) -> bytes:
-    """A frame packed by hand (no checks: the server must make them)."""
-    size = len(payload) if length is None else length
-    header = p.HEADER.pack(
-        p.MAGIC, version, mtype, flags, size, session, seq, 0, time.monotonic_ns(), 0
-    )
-    return header + payload
+def raw_frame(mtype: int, payload: bytes = b"", **fields: Any) -> bytes:
+    """A frame packed by hand (no checks: the server must make them): ``kit.frame``, seq 1."""
+    return frame(mtype, payload, **{"seq": 1, **fields})
 
 
 def hello_frame(payload: bytes) -> bytes:
