@@ -14,7 +14,8 @@ limit) and the state:
 * ``FAULT``: latched once the robot stands still after braking; only ``rearm()`` (an explicit
   operator action, followed by a new handshake) leaves it.
 
-Pure logic with an injected clock: no sockets, no sleeping.
+Pure logic with an injected clock: no sockets, no sleeping. The command arithmetic (limits, rate
+limit, speed bounds, finiteness) is ``fastpath``'s limiter, compiled where built.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from enum import Enum
 
 import numpy as np
 
+from factoryfloor.edge_runtime import fastpath
 from factoryfloor.robots import RobotSpec
 
 
@@ -178,6 +180,9 @@ class SafetyLayer:
     def __init__(self, config: SafetyConfig) -> None:
         self.config = config
         self.counters = SafetyCounters()
+        self._limiter = fastpath.limiter(
+            config.low, config.high, config.max_change, config.norm_limits
+        )
         self.rearm(0.0)
 
     def rearm(self, now_s: float) -> None:
@@ -198,16 +203,17 @@ class SafetyLayer:
         """One cycle's decision for the newest wire-valid ``action`` (or None)."""
         if self.state in (State.BRAKING, State.FAULT):
             return Decision(self.state, None, reason=self.reason)
-        if action is not None and not np.all(np.isfinite(action)):
+        if action is None:
+            return self._hold(now_s)
+        clipped = self._limiter.limit(action, self.last_command)  # -1: not finite
+        if clipped < 0:
             self.counters.nonfinite += 1
             self._nonfinite_run += 1
             if self._nonfinite_run >= self.config.nonfinite_limit:
                 return self._brake(now_s, f"{self._nonfinite_run} non-finite actions in a row")
-            action = None
-        if action is None:
             return self._hold(now_s)
         self._nonfinite_run = 0
-        return self._apply(now_s, np.asarray(action, dtype=np.float32))
+        return self._apply(now_s, self._limiter.out.copy(), bool(clipped))
 
     def overrun(self, now_s: float) -> Decision | None:
         """Count a loop overrun; returns a braking decision when too many came in a row."""
@@ -242,18 +248,9 @@ class SafetyLayer:
             self.counters.faults += 1
         self.state, self.reason = State.FAULT, reason
 
-    def _apply(self, now_s: float, action: np.ndarray) -> Decision:
+    def _apply(self, now_s: float, command: np.ndarray, clipped: bool) -> Decision:
+        """Apply the limiter's ``command`` (speed bounds last: they are the hard ones)."""
         cfg = self.config
-        target = np.clip(action, cfg.low, cfg.high)
-        command = np.clip(
-            target, self.last_command - cfg.max_change, self.last_command + cfg.max_change
-        ).astype(np.float32)
-        for indices, bound in cfg.norm_limits:  # speed bounds last: they are the hard ones
-            part = command[list(indices)]
-            norm = float(np.sqrt(np.dot(part, part)))
-            if norm > bound:
-                command[list(indices)] = part * np.float32(bound / norm)
-        clipped = not np.array_equal(command, action)
         self._clip_run = self._clip_run + 1 if clipped else 0
         self.counters.clipped += int(clipped)
         if self._clip_run >= cfg.clip_limit:

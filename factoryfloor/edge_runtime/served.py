@@ -4,6 +4,10 @@ A served policy answers a batch of flat float32 observations (one row per robot 
 order of its observation spec) with a batch of actions. ``BundleServedPolicy`` wraps a
 ``.ffpolicy`` bundle; any other object with the same attributes and methods (for example the
 scripted expert in ``factoryfloor.stack.served_expert``) can be served the same way.
+
+The server runs inference through ``rows_for(policy, max_batch)``: preallocated observation and
+action rows that its hot path reads and writes in place. A bundle gets ``RowInference``
+(onnxruntime IOBinding); any other policy gets ``ActBatchRows`` around its ``act_batch``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from factoryfloor.edge_runtime.bundle import BundlePolicy
+from factoryfloor.edge_runtime.inference import RowInference
 from factoryfloor.edge_runtime.spec import PolicySpec
 
 
@@ -45,3 +50,54 @@ class BundleServedPolicy:
 
     def reset(self, session: int) -> None:
         """Stateless: nothing to forget."""
+
+    def rows(self, max_batch: int) -> RowInference:
+        """Inference on preallocated rows, up to ``max_batch`` sessions at once."""
+        rows = RowInference(self.bundle, max_batch)
+        rows.run([0])  # the first call of a batch size binds it: not on a robot's clock
+        return rows
+
+
+class Rows(Protocol):
+    """Preallocated rows the server fills (``obs``) and reads (``actions``) around ``run``."""
+
+    obs: np.ndarray
+    actions: np.ndarray
+
+    def run(self, sessions: list[int]) -> np.ndarray:
+        """Actions of ``obs[:len(sessions)]``, a view of ``actions``."""
+        ...
+
+
+class ActBatchRows:
+    """``Rows`` for any ``ServedPolicy``: its ``act_batch`` on the first rows, shape checked.
+
+    Args:
+        policy: The served policy.
+        max_batch: Rows at most.
+    """
+
+    def __init__(self, policy: ServedPolicy, max_batch: int) -> None:
+        self.policy = policy
+        self.obs = np.zeros((max_batch, policy.spec.obs_size), np.float32)
+        self.actions = np.zeros((max_batch, policy.spec.action_size), np.float32)
+
+    def run(self, sessions: list[int]) -> np.ndarray:
+        """See ``Rows.run``.
+
+        Raises:
+            ValueError: When the policy's actions have another shape.
+        """
+        batch = len(sessions)
+        actions = np.asarray(self.policy.act_batch(sessions, self.obs[:batch]), dtype="<f4")
+        if actions.shape != (batch, self.actions.shape[1]):
+            shape = (batch, self.actions.shape[1])
+            raise ValueError(f"the policy returned actions {actions.shape}, not {shape}")
+        self.actions[:batch] = actions
+        return self.actions[:batch]
+
+
+def rows_for(policy: ServedPolicy, max_batch: int) -> Rows:
+    """The policy's own rows when it has them (``rows(max_batch)``), else ``ActBatchRows``."""
+    make = getattr(policy, "rows", None)
+    return make(max_batch) if callable(make) else ActBatchRows(policy, max_batch)

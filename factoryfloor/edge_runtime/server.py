@@ -16,10 +16,11 @@ from typing import Any, ClassVar
 import numpy as np
 import zmq
 
+from factoryfloor.edge_runtime import fastpath
 from factoryfloor.edge_runtime import protocol as p
 from factoryfloor.edge_runtime.metrics import Metrics, resident_memory_mb
 from factoryfloor.edge_runtime.peers import Peer, PeerTable, Verdict
-from factoryfloor.edge_runtime.served import ServedPolicy
+from factoryfloor.edge_runtime.served import ServedPolicy, rows_for
 from factoryfloor.edge_runtime.server_config import (
     EPISODE_START,
     MORE_NOW,
@@ -61,6 +62,7 @@ class PolicyServer(SessionRules):
         self.policy, self.config, self.keyed = policy, config, keyed
         self.spec = policy.spec
         self.budget = config.budget(self.spec.control_rate_hz)
+        self.rows = rows_for(policy, config.max_sessions)  # inference's preallocated rows
         self.metrics = Metrics("server")
         self.sessions: dict[int, Session] = {}
         self.by_identity: dict[bytes, int] = {}
@@ -175,28 +177,26 @@ class PolicyServer(SessionRules):
         The common case: a well-formed OBSERVATION of a live session within its budget, newer
         than its last, with finite values, and no other frame waiting. It gets what
         ``_on_observation`` and ``_answer`` would give it (same checks, counters, reset, reply)
-        in fewer Python calls. Everything else returns None, having changed nothing but the
-        peer's budget, and takes the general path.
+        in fewer Python calls: the session's gate (``fastpath``, compiled where built) checks
+        the frame and copies its values into inference's first row. Everything else returns
+        None, having changed nothing but the peer's budget and that row, and takes the general
+        path.
         """
         if len(frames) != 2:
             return None
         identity, frame = frames
         session = self.sessions.get(self.by_identity.get(identity, 0))
-        if session is None:
-            return None
-        flags = session.observations.flags_of(frame)  # a valid OBSERVATION of this session?
-        if flags is None:
-            return None
-        seq, _, t_send_ns, _ = p.TAIL.unpack_from(frame, p.FIXED_HEAD)
         if (
-            seq <= session.last_seq
+            session is None
             or session.pending is not None
             or int(self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN
         ):
             return None
-        obs = np.frombuffer(frame, "<f4", offset=p.HEADER.size).reshape(1, -1)
-        if not np.isfinite(obs).all():
+        gate = session.gate
+        flags = gate.check(frame, session.last_seq, fastpath.U64_MAX, 0)
+        if flags < 0:  # not this session's OBSERVATION, stale, or non-finite
             return None
+        seq, t_send_ns = gate.tail[0], gate.tail[2]
         now = time.monotonic()
         if session.peer.admit(session.budget, now) != Verdict.ACCEPT:
             session.peer.tokens += 1.0  # not spent: the general path decides again
@@ -206,7 +206,7 @@ class PolicyServer(SessionRules):
             self.policy.reset(session.session_id)
             session.reset_pending = False
         self.metrics.count("frames_received")
-        return self._infer_and_send([(session, seq, t_send_ns)], obs)
+        return self._infer_and_send([(session, seq, t_send_ns)])
 
     def _guarded(self, frames: list[bytes], inbox: Inbox) -> bytes | None:
         """``_handle`` one message: a failure is counted and answered, never raised.
@@ -306,17 +306,15 @@ class PolicyServer(SessionRules):
     def _answer(self, inbox: Inbox) -> int:
         """One inference call for the newest finite observation of every session in ``inbox``."""
         requests: list[Request] = []
-        payloads: list[bytes] = []
+        rows = self.rows.obs
         for session in inbox.values():
             request, session.pending = session.pending, None
-            if request is not None:
+            if request is not None:  # payload sizes were checked on arrival
+                rows[len(requests)] = np.frombuffer(request.payload, "<f4")
                 requests.append((session, request.seq, request.t_send_ns))
-                payloads.append(request.payload)
         if not requests:
             return 0
-        # payload sizes were checked on arrival: one join, one view, no per-row copies
-        obs = np.frombuffer(b"".join(payloads), "<f4")
-        obs = obs.reshape(len(requests), self.spec.obs_size)
+        obs = rows[: len(requests)]
         finite = np.isfinite(obs)
         if not finite.all():
             finite = finite.all(axis=1)
@@ -329,24 +327,24 @@ class PolicyServer(SessionRules):
                         p.Message(p.MsgType.OBSERVATION, session.session_id, seq, 0, t_send_ns),
                     )  # fmt: skip
             requests = [r for r, ok in zip(requests, finite, strict=True) if ok]
-            obs = obs[finite]
             if not requests:
                 return 0
+            rows[: len(requests)] = obs[finite]  # the finite rows first
         for session, _, _ in requests:
             if session.reset_pending:
                 self.policy.reset(session.session_id)
                 session.reset_pending = False
-        return self._infer_and_send(requests, obs)
+        return self._infer_and_send(requests)
 
-    def _infer_and_send(self, requests: list[Request], obs: np.ndarray) -> int:
-        """One inference call for ``obs`` (one row per request); one ACTION per request."""
+    def _infer_and_send(self, requests: list[Request]) -> int:
+        """One inference call for the first rows of ``rows.obs``; one ACTION per request.
+
+        Request ``i`` is row ``i``; its ACTION is encoded from row ``i`` of ``rows.actions`` by
+        the session's encoder.
+        """
         t0 = time.perf_counter()
         try:
-            actions = self.policy.act_batch([r[0].session_id for r in requests], obs)
-            actions = np.asarray(actions, dtype="<f4")
-            if actions.shape != (len(requests), self.spec.action_size):
-                shape = (len(requests), self.spec.action_size)
-                raise ValueError(f"the policy returned actions {actions.shape}, not {shape}")
+            self.rows.run([r[0].session_id for r in requests])
         except Exception as exc:  # the policy's failure must not stop the server
             for session, seq, t_send_ns in requests:
                 request = p.Message(p.MsgType.OBSERVATION, session.session_id, seq, 0, t_send_ns)
@@ -356,11 +354,11 @@ class PolicyServer(SessionRules):
             return 0
         inference_s = time.perf_counter() - t0
         socket = self.socket
-        for (session, seq, t_send_ns), action in zip(requests, actions, strict=True):
+        for row, (session, seq, t_send_ns) in enumerate(requests):
             session.sent_seq += 1
-            frame = session.actions.encode(
-                session.sent_seq, seq, time.monotonic_ns(), t_send_ns, action.tobytes()
-            )
+            frame = session.encoder.encode(
+                session.sent_seq, seq, time.monotonic_ns(), t_send_ns, row
+            )  # the encoder's buffer: pyzmq copies it into the message (a small frame)
             try:
                 socket.send(session.identity, MORE_NOW)
                 socket.send(frame, zmq.NOBLOCK)

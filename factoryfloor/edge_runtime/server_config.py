@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import zmq
 
 from factoryfloor.edge_runtime import protocol as p
+from factoryfloor.edge_runtime.fastpath import ReferenceEncoder, ReferenceGate
 from factoryfloor.edge_runtime.peers import Budget, Peer
 
 
@@ -88,6 +89,8 @@ class Session:
     identity: bytes
     observations: p.StreamCodec
     actions: p.StreamCodec
+    gate: ReferenceGate  # its OBSERVATION frames into inference's rows (fastpath)
+    encoder: ReferenceEncoder  # its ACTION frames from inference's rows (fastpath)
     peer: Peer
     loop_rate_hz: float
     budget: Budget  # its frame budget, from its declared loop rate

@@ -14,10 +14,11 @@ from typing import Any
 
 import zmq
 
+from factoryfloor.edge_runtime import fastpath
 from factoryfloor.edge_runtime import protocol as p
 from factoryfloor.edge_runtime.metrics import Metrics
 from factoryfloor.edge_runtime.peers import Budget, Peer, PeerTable
-from factoryfloor.edge_runtime.served import ServedPolicy
+from factoryfloor.edge_runtime.served import Rows, ServedPolicy
 from factoryfloor.edge_runtime.server_config import Inbox, ServerConfig, Session
 from factoryfloor.edge_runtime.session_check import MAX_LOOP_MULTIPLE, check_hello
 from factoryfloor.edge_runtime.spec import PolicySpec
@@ -27,6 +28,7 @@ class SessionRules:
     """Session bookkeeping of ``PolicyServer`` (which sets these attributes)."""
 
     policy: ServedPolicy
+    rows: Rows
     spec: PolicySpec
     config: ServerConfig
     budget: Budget
@@ -104,10 +106,12 @@ class SessionRules:
             self._reject(identity, p.ErrorCode.TOO_MANY_SESSIONS, refusal, msg)
             return
         sid = self._new_session_id()
+        observations = p.StreamCodec(p.MsgType.OBSERVATION, sid, self.spec.obs_size)
+        actions = p.StreamCodec(p.MsgType.ACTION, sid, self.spec.action_size)
         session = Session(
-            sid, identity,
-            observations=p.StreamCodec(p.MsgType.OBSERVATION, sid, self.spec.obs_size),
-            actions=p.StreamCodec(p.MsgType.ACTION, sid, self.spec.action_size),
+            sid, identity, observations=observations, actions=actions,
+            gate=fastpath.gate(observations, fastpath.SEQ, self.rows.obs),
+            encoder=fastpath.encoder(actions, self.rows.actions),
             peer=peer, loop_rate_hz=loop_rate, budget=self.config.budget(loop_rate),
             last_seen_s=now,
         )  # fmt: skip

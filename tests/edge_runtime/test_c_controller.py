@@ -154,13 +154,13 @@ def test_c_controller_handshake_refused_on_a_model_mismatch(c_controller, server
 
 def test_c_controller_latches_a_fault_when_the_server_goes_silent(c_controller, server, tmp_path):
     hello = hello_file(tmp_path, server.spec, k=4, hold_ms=20)
-    answer = server.policy.act_batch
+    answer = server.rows.run  # the server's inference call
 
-    def silent_then_late(sessions, obs):
+    def silent_then_late(sessions):
         time.sleep(0.2)  # far beyond one policy period (40 ms) + the 20 ms hold window
-        return answer(sessions, obs)
+        return answer(sessions)
 
-    server.policy.act_batch = silent_then_late
+    server.rows.run = silent_then_late
     done = run_c(c_controller, server.endpoint, server.spec, hello, 100, k=4, hold_ms=20)
     assert done.returncode == 3
     result = result_of(done)
