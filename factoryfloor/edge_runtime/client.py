@@ -25,6 +25,11 @@ from factoryfloor.edge_runtime.metrics import Metrics
 from factoryfloor.edge_runtime.session_check import check_welcome
 from factoryfloor.edge_runtime.spec import PolicySpec
 
+_NOBLOCK, _EVENTS, _POLLIN = (
+    int(zmq.NOBLOCK),
+    int(zmq.EVENTS),
+    int(zmq.POLLIN),
+)  # not enums: cheaper
 # ZMTP handshake failures the client watches for, to say why a server stays silent
 HANDSHAKE_FAILURES = (
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -309,8 +314,8 @@ class EdgeClient:
         Asks ``EVENTS`` before receiving: cheaper than raising and catching ``zmq.Again``.
         """
         socket = self.socket
-        if int(socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-            return socket.recv(zmq.NOBLOCK)
+        if socket.get(_EVENTS) & _POLLIN:
+            return socket.recv(_NOBLOCK)
         return None
 
     def _recv(self) -> p.Message | None:
@@ -334,7 +339,7 @@ class EdgeClient:
 
     def _send_frame(self, frame: bytes) -> None:
         try:
-            self.socket.send(frame, zmq.NOBLOCK)
+            self.socket.send(frame, _NOBLOCK)
         except zmq.Again:
             self.metrics.count("send_queue_full")  # the server is gone or slow: hold applies
 

@@ -95,6 +95,10 @@ class RuntimeReport:
     trace: list[dict[str, Any]] = field(default_factory=list)  # the last cycles, at a FAULT
 
 
+WAKE_UP_MARGIN_S = 150e-6  # a late wake-up from the wait, on a loaded VM (s)
+TAIL_DECAY = 0.999  # per cycle: the reserve forgets a slow cycle over ~1,000 cycles
+
+
 class ControllerRuntime:
     """Drives ``controller`` from a policy server through ``client``, behind a safety layer.
 
@@ -143,6 +147,7 @@ class ControllerRuntime:
         self.trace: deque[CycleTrace] = deque(maxlen=TRACE_CYCLES)
         self._began_s: float | None = None  # when the last cycle began (for the trace's gaps)
         self.standstill_at_s: float | None = None  # when the robot stood still after braking
+        self.tail_s = 0.0  # a cycle's own work after the wait, its recent worst (s)
 
     def hello(self) -> dict[str, Any]:
         """The HELLO payload of this controller."""
@@ -227,15 +232,31 @@ class ControllerRuntime:
             obs, start = self.controller.read_state()
             self.client.send_observation(obs, episode_start=start)
             sent = time.monotonic()
-            budget = min(due + 0.8 * self.loop.period_s, self.safety.hold_deadline_s)
-            action = self.client.receive_action(max(0.0, budget - sent))
+            action = self.client.receive_action(max(0.0, self.wait_until(due) - sent))
             waited = time.monotonic()
             if self.client.session_closed:
                 return self._failed(f"the server closed the session: {self.client.session_closed}")
         decision = self.safety.decide(waited, action)
         self._trace(due, began, sent, waited, action is not None, decision)
         self._act(decision)
+        self.end_cycle(waited)
         return decision
+
+    def wait_until(self, due: float) -> float:
+        """How long a cycle due at ``due`` waits for its answer (monotonic s).
+
+        The cycle keeps back a reserve for its own work after the wait: at least 20% of the
+        period, and more when that work has recently taken longer (a slow or loaded machine),
+        up to half the period; never past the hold deadline. So a late server makes the cycle
+        HOLD, never miss its next due time: the loop's deadlines do not depend on the server.
+        """
+        period = self.loop.period_s
+        reserve = min(0.5 * period, max(0.2 * period, self.tail_s + WAKE_UP_MARGIN_S))
+        return min(due + period - reserve, self.safety.hold_deadline_s)
+
+    def end_cycle(self, waited: float) -> None:
+        """Note the cycle's work since ``waited`` (a worst case that decays over ~1,000 cycles)."""
+        self.tail_s = max(time.monotonic() - waited, self.tail_s * TAIL_DECAY)
 
     def _trace(
         self, due: float, began: float, sent: float, waited: float, answered: bool, d: Decision

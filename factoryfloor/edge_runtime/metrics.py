@@ -66,7 +66,10 @@ class Metrics:
     def observe(self, name: str, seconds: float) -> None:
         """Record a duration (s) in latency statistics ``name``."""
         with self.lock:
-            self.latencies.setdefault(name, LatencyStats()).add(seconds)
+            stats = self.latencies.get(name)  # not setdefault: that would build one per call
+            if stats is None:
+                stats = self.latencies[name] = LatencyStats()
+            stats.add(seconds)
 
     def set_gauge(self, name: str, value: float) -> None:
         """Set gauge ``name`` (e.g. sessions open, resident memory in MB)."""

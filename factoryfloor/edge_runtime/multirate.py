@@ -81,8 +81,7 @@ class MultiRateRuntime(ControllerRuntime):
                 self.client.send_observation(obs, episode_start=start)
                 sent, self._answered = time.monotonic(), False
             if not self._answered:
-                budget = min(due + 0.8 * self.loop.period_s, self.safety.hold_deadline_s)
-                action = self.client.receive_action(max(0.0, budget - sent))
+                action = self.client.receive_action(max(0.0, self.wait_until(due) - sent))
                 self._answered = action is not None
             waited = time.monotonic()
             if self.client.session_closed:
@@ -90,6 +89,7 @@ class MultiRateRuntime(ControllerRuntime):
         decision = self._decide(waited, action)
         self._trace(due, began, sent, waited, action is not None, decision)
         self._act_step(decision)
+        self.end_cycle(waited)
         return decision
 
     def _decide(self, now: float, action: np.ndarray | None) -> Decision:

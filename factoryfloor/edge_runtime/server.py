@@ -23,7 +23,11 @@ from factoryfloor.edge_runtime.peers import Peer, PeerTable, Verdict
 from factoryfloor.edge_runtime.served import ServedPolicy, rows_for
 from factoryfloor.edge_runtime.server_config import (
     EPISODE_START,
+    EVENTS,
     MORE_NOW,
+    NOBLOCK,
+    POLLIN,
+    RCVMORE,
     SEND_BUFFER_BYTES,
     Inbox,
     KeyedIdentity,
@@ -132,10 +136,10 @@ class PolicyServer(SessionRules):
         while (
             not flooded
             and received < self.config.max_frames_per_drain
-            and int(socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN
+            and socket.get(EVENTS) & POLLIN
             and time.perf_counter() < end
         ):
-            flooded = self._drop_run(self._guarded(self._recv(zmq.NOBLOCK), inbox), dropped)
+            flooded = self._drop_run(self._guarded(self._recv(NOBLOCK), inbox), dropped)
             received += 1
         self.metrics.count("frames_received", received)
         sent = self._answer(inbox) if inbox else 0
@@ -166,7 +170,11 @@ class PolicyServer(SessionRules):
     def _recv(self, flags: int = 0) -> list[Any]:
         """One message's frames; with ``keyed``, the first frame carries the peer's key."""
         if not self.keyed:
-            return self.socket.recv_multipart(flags)
+            socket = self.socket  # recv_multipart's loop, without its enum conversions
+            parts = [socket.recv(flags)]
+            while socket.get(RCVMORE):
+                parts.append(socket.recv(NOBLOCK))
+            return parts
         parts = self.socket.recv_multipart(flags, copy=False)
         key = parts[-1].get("User-Id") if parts else None
         return [KeyedIdentity(parts[0].bytes, key), *(part.bytes for part in parts[1:])]
@@ -186,11 +194,7 @@ class PolicyServer(SessionRules):
             return None
         identity, frame = frames
         session = self.sessions.get(self.by_identity.get(identity, 0))
-        if (
-            session is None
-            or session.pending is not None
-            or int(self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN
-        ):
+        if session is None or session.pending is not None or self.socket.get(EVENTS) & POLLIN:
             return None
         gate = session.gate
         flags = gate.check(frame, session.last_seq, fastpath.U64_MAX, 0)
@@ -361,7 +365,7 @@ class PolicyServer(SessionRules):
             )  # the encoder's buffer: pyzmq copies it into the message (a small frame)
             try:
                 socket.send(session.identity, MORE_NOW)
-                socket.send(frame, zmq.NOBLOCK)
+                socket.send(frame, NOBLOCK)
                 if session.blocked:
                     session.blocked = 0
             except zmq.ZMQError as exc:
@@ -386,7 +390,7 @@ class PolicyServer(SessionRules):
         """Send without blocking; a full or vanished peer is counted (and its session ends)."""
         try:
             self.socket.send(identity, MORE_NOW)
-            self.socket.send(frame, zmq.NOBLOCK)
+            self.socket.send(frame, NOBLOCK)
             if session is not None:
                 session.blocked = 0
         except zmq.ZMQError as exc:

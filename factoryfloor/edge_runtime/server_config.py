@@ -105,7 +105,11 @@ class Session:
 Request = tuple[Session, int, int]  # a session, the observation's seq and its t_send_ns
 Inbox = dict[int, Session]  # sessions with a new OBSERVATION in one drain (newest only)
 EPISODE_START = int(p.Flags.EPISODE_START)
-MORE_NOW = zmq.SNDMORE | zmq.NOBLOCK
+# plain ints: pyzmq's constants are enums, and their operators cost a Python call per message
+MORE_NOW = int(zmq.SNDMORE | zmq.NOBLOCK)
+NOBLOCK, EVENTS, POLLIN, RCVMORE = (
+    int(c) for c in (zmq.NOBLOCK, zmq.EVENTS, zmq.POLLIN, zmq.RCVMORE)
+)
 
 
 class KeyedIdentity(bytes):

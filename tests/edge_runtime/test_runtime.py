@@ -111,3 +111,31 @@ def test_fault_detection_time_is_the_period_plus_the_hold_window():
     # the report keeps the last cycles; the faulting one got no answer
     assert report.trace and report.trace[-1]["state"] == "BRAKING"
     assert not report.trace[-1]["answered"] and report.trace[0]["answered"]
+
+
+def test_a_slow_cycle_keeps_back_more_of_the_period_so_a_late_server_cannot_make_it_miss():
+    """The wait for the answer ends early enough for the cycle's own (measured) work."""
+
+    class SlowRobot(RecordingRobot):
+        def apply_action(self, action: np.ndarray) -> None:
+            super().apply_action(action)
+            t_end = time.monotonic() + 0.004  # 4 ms of the 10 ms period after the answer
+            while time.monotonic() < t_end:
+                pass
+
+    robot = SlowRobot()
+    with running_server(LinearPolicy()) as server:
+        client = EdgeClient(server.endpoint)
+        runtime = ControllerRuntime(robot, client, hold_window_s=0.02)
+        period = runtime.loop.period_s
+        early = runtime.safety.hold_deadline_s - 1.0  # a due time far from the hold deadline
+        assert runtime.wait_until(early) == early + 0.8 * period  # the 20% floor at first
+        runtime.rearm()
+        runtime.run(max_cycles=10)
+        client.close()
+    assert len(robot.applied) >= 1
+    assert runtime.tail_s >= 0.004  # the work after the wait was measured
+    due = runtime.safety.hold_deadline_s - 1.0  # a due time far from the hold deadline
+    reserve = due + period - runtime.wait_until(due)
+    assert reserve >= 0.004  # ... and kept back from the wait (at most half the period)
+    assert reserve <= 0.5 * period + 1e-12
