@@ -23,10 +23,12 @@ ping-pong, bare inference, then a fresh session's loop), so that the machine's n
 in bursts on a shared or virtual machine, falls on both sides of the comparison alike; each side's
 samples are pooled over the turns (30 s of each per rate by default). ``--rt-priority N`` runs
 the controller side (loops and the bare peers' client) under ``SCHED_FIFO``, as a real
-controller would; the servers keep the default scheduler. ``--pin`` puts the controller side
-(this process) on the first CPU and the servers (policy server, echo server) on the last, as an
-edge box that runs both would: a thread then wakes its own process's other threads on the same
-core. The fleet (8 controller processes and the server) is not pinned. The JSON records the
+controller would, and both servers (the policy server through its own ``--rt-priority``, the
+echo server alike) under ``SCHED_FIFO`` ten below it, as an edge box serving robots runs them.
+``--pin`` puts the controller side (this process) on the first CPU and the servers (policy
+server, echo server) on the last, as an edge box that runs both would: a thread then wakes its
+own process's other threads on the same core. The fleet (8 controller processes and the
+server) is not pinned; its loops run ``SCHED_FIFO`` 20 below N. The JSON records the
 scheduler and the pinning used.
 
 Targets (``edge_latency_report.py``): runtime p99 <= 1.5 x (ping-pong p99 + inference p99) at
@@ -38,7 +40,7 @@ Usage::
     python benchmarks/edge_latency.py --rt-priority 80 --pin  # as `make bench-edge` runs it
     python benchmarks/edge_latency.py --out bench_results/edge_latency_default.json  # no RT
     python benchmarks/edge_latency.py --loop-seconds 3 --bare-seconds 3 --fault-runs 2  # a look
-    python benchmarks/edge_latency.py --rt-priority 80 --pin --hog 2 --hog-nice 19  # slower
+    python benchmarks/edge_latency.py --rt-priority 80 --pin --hog 1  # a slower machine
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ from factoryfloor.policies.atomic import atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).parent))
 from edge_latency_report import print_table, targets
-from edge_slowdown import cpu_hogs, machine_calibration
+from edge_slowdown import HOGS, cpu_hogs, machine_calibration
 
 BUNDLE = str(files("factoryfloor.policies") / "pretrained" / "pick_place_panda.ffpolicy")
 RATES_HZ = (100, 250, 500, 1000)
@@ -150,6 +152,7 @@ def paced(period_s: float, n: int, call: Any, stats: LatencyStats) -> None:
             stats.add(time.perf_counter() - t0)
 
 
+SERVER_BELOW = 10  # with --rt-priority N, the servers (policy and echo) run SCHED_FIFO N - 10
 SERVER_CPUS: set[int] | None = None  # where servers run (--pin); None: anywhere
 ALL_CPUS = os.sched_getaffinity(0)  # where this process could run before any pinning
 
@@ -182,7 +185,7 @@ class BarePeers:
     period, so runs before and after the runtime's loop pool into one distribution.
     """
 
-    def __init__(self, obs_size: int, action_size: int) -> None:
+    def __init__(self, obs_size: int, action_size: int, rt_priority: int = 0) -> None:
         import zmq
 
         self.echo = subprocess.Popen(
@@ -192,12 +195,15 @@ class BarePeers:
         )
         port = int(self.echo.stdout.readline())
         pin_process(self.echo.pid, SERVER_CPUS)
+        if rt_priority:  # the same scheduling as the policy server's
+            for tid in os.listdir(f"/proc/{self.echo.pid}/task"):
+                os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(rt_priority))
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(f"tcp://127.0.0.1:{port}")
         self.frame = bytes(p.HEADER.size + 4 * obs_size)
         # the server's own inference call: preallocated rows, onnxruntime IOBinding
-        self.inference = BundleServedPolicy(load_bundle(BUNDLE)).rows(1)
+        self.rows = BundleServedPolicy(load_bundle(BUNDLE)).rows(1)
         self.ping_pong: dict[str, LatencyStats] = {}
         self.inference: dict[str, LatencyStats] = {}
         self.echo_cpu_s = self.inference_cpu_s = 0.0  # over the paced turns
@@ -209,7 +215,7 @@ class BarePeers:
 
     def _infer(self) -> None:
         t0 = time.thread_time()  # onnxruntime runs on the calling thread (one intra-op thread)
-        self.inference.run([0])
+        self.rows.run([0])
         self.inference_cpu_s += time.thread_time() - t0
 
     def measure(self, name: str, period_s: float, n: int) -> None:
@@ -239,7 +245,8 @@ def _stats() -> LatencyStats:
     return LatencyStats(window=1_000_000)
 
 
-def start_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(folder: Path, rt_priority: int = 0) -> tuple[subprocess.Popen[bytes], str]:
+    """``factoryfloor edge serve`` of the bundle (``--rt-priority`` when given); its endpoint."""
     ready = folder / "ready"
     cmd = [
         sys.executable,
@@ -255,6 +262,7 @@ def start_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
         str(ready),
         "--report-every",
         "3600",
+        *(("--rt-priority", str(rt_priority)) if rt_priority else ()),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not ready.exists():
@@ -407,6 +415,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "benchmarks/edge_slowdown.py)",
     )
     parser.add_argument("--hog-nice", type=int, default=0, help="nice value of the hogs")
+    parser.add_argument(
+        "--hog-kind", choices=sorted(HOGS), default="pingpong", help="edge_slowdown.HOGS"
+    )
+    parser.add_argument(
+        "--calibrate-only",
+        action="store_true",
+        help="measure the back-to-back ping-pong under these conditions, print it and stop",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench_results/edge_latency.json"))
     return parser.parse_args(argv)
 
@@ -418,11 +434,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["calibration_quiet"] = machine_calibration()  # before the hogs, if any
     results["pinning"] = pinning(args.pin)
     results["conditions"] = (
-        (f"{args.hog} CPU hog(s) at nice {args.hog_nice}" if args.hog else "no CPU hog")
+        (f"{args.hog} {args.hog_kind} hog(s) at nice {args.hog_nice}" if args.hog else "no hog")
         + (", pinned" if results["pinning"] else "")
-        + (f", SCHED_FIFO {args.rt_priority}" if args.rt_priority else "")
+        + (
+            f", SCHED_FIFO {args.rt_priority} (servers {args.rt_priority - SERVER_BELOW})"
+            if args.rt_priority
+            else ""
+        )
     )
-    with cpu_hogs(args.hog, args.hog_nice), tempfile.TemporaryDirectory() as tmp:
+    with cpu_hogs(args.hog, args.hog_nice, args.hog_kind), tempfile.TemporaryDirectory() as tmp:
         for i in range(args.fault_runs):
             (Path(tmp) / f"fault{i}").mkdir()
         results["faults"] = fault_injection(Path(tmp), args.fault_runs)
@@ -433,10 +453,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"warning: {exc}; measuring under the default scheduler", file=sys.stderr)
                 args.rt_priority = 0
         results["scheduling"] = scheduling_policy()
-        peers = BarePeers(obs_size, action_size)
-        proc, endpoint = start_server(Path(tmp))
+        server_rt = max(1, args.rt_priority - SERVER_BELOW) if args.rt_priority else 0
+        peers = BarePeers(obs_size, action_size, server_rt)
+        proc, endpoint = start_server(Path(tmp), server_rt)
         try:
             peers.measure("back_to_back", 0.0, args.samples)
+            if args.calibrate_only:
+                summary = peers.ping_pong["back_to_back"].summary_us()
+                print(f"{results['conditions']}: ping-pong p50 {summary['p50']:.1f} us, "
+                      f"p99 {summary['p99']:.1f} us")  # fmt: skip
+                return 0
             cpu0, loops = proc_cpu_s(proc.pid), []
             for rate in RATES_HZ:  # bare peers and runtime take turns: the same conditions
                 n = int(rate * args.bare_seconds / args.rounds)
@@ -447,10 +473,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 loops.append(loop)
             results["loops"] = loops
             cpu1, single = proc_cpu_s(proc.pid), sum(r["actions_answered"] for r in loops)
-            # a server box for robots that have their own machines: no pinning, and the default
-            # scheduler (8 real-time loops spinning beside the server on a small box starve it)
+            # a server box for robots that have their own machines: no pinning; with
+            # --rt-priority the 8 loops run SCHED_FIFO below the server, so that no robot's
+            # loop delays its answers (real robots' loops run on their own CPUs)
             pin_process(proc.pid, ALL_CPUS if SERVER_CPUS else None)
-            results["robots_8x100hz"] = fleet(endpoint, 8, 100.0, args.loop_seconds)
+            fleet_rt = max(1, server_rt - SERVER_BELOW) if server_rt else 0
+            results["robots_8x100hz"] = fleet(endpoint, 8, 100.0, args.loop_seconds, fleet_rt)
             fleet_actions = results["robots_8x100hz"]["actions"]
             results["cpu_us_per_message"] = {
                 "server_per_action": round((cpu1 - cpu0) / single * 1e6, 1),

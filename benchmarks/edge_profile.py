@@ -15,7 +15,7 @@ Two parts, in one run:
 Usage::
 
     python benchmarks/edge_profile.py --out bench_results/edge_profile.json
-    taskset -c 0 python benchmarks/edge_profile.py --hog 1   # a slower machine (see README)
+    python benchmarks/edge_profile.py --hog 1   # a slower machine (edge_slowdown.py)
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=500.0, help="paced rate (Hz)")
     parser.add_argument("--seconds", type=float, default=8.0, help="paced seconds per side")
     parser.add_argument("--repeat", type=int, default=20_000, help="calls per step timing")
-    parser.add_argument("--hog", type=int, default=0, help="CPU hog processes (edge_slowdown)")
+    parser.add_argument("--hog", type=int, default=0, help="ping-pong hog pairs (edge_slowdown)")
     parser.add_argument("--out", type=Path, default=Path("bench_results/edge_profile.json"))
     return parser.parse_args(argv)
 
@@ -277,7 +277,7 @@ def print_side(title: str, table: dict[str, dict[str, float]]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with cpu_hogs(args.hog):
+    with cpu_hogs(args.hog, 0, "pingpong"):
         result: dict[str, Any] = {"calibration": calibration(), "rate_hz": args.rate}
         print(f"calibration: bare ping-pong p50 {result['calibration']['ping_pong_p50_us']} us")
         result["echo"] = profile_echo(args.rate, args.seconds, *description(BUNDLE)[1:])

@@ -1,13 +1,16 @@
 """A slower machine on demand, and the short calibration every edge benchmark prints first.
 
 The edge targets must hold on a machine about 2-3x slower per message than a fast day of this
-kind of VM (bare pyzmq ping-pong p50 >= 100 us). When the machine is faster than that, the edge
-benchmarks' ``--hog N`` starts N CPU hogs: processes at the default priority (nice 0) that
-spin on every CPU of the benchmark, so the servers, which keep the default scheduler, share
-their CPU with a busy neighbour and each wake-up, cache and TLB refill costs more, as on a
-loaded edge box. A controller under ``SCHED_FIFO`` preempts them, as it would preempt any
-other process on a real controller. The calibration (bare ping-pong p50 between two
-processes, with the hogs running) says how slow the machine was.
+kind of VM: bare pyzmq ping-pong p50 >= 100 us, where a fast day gives ~70 us. When the
+machine is faster than that, the edge benchmarks' ``--hog N`` starts N busy neighbours beside
+them. The default kind, ``pingpong``, is a pair of processes (nice 0) on two CPUs that wake each
+other through pipes without pause: every CPU of the VM keeps taking cross-CPU wake-ups and
+context switches, and each of the benchmark's messages costs more (measured here: ping-pong p50
+71 -> 103-116 us, p99 110 -> 190-200 us), with no multi-millisecond stalls. ``spin`` hogs
+(busy loops) barely slow a message at nice 19 and, at nice 0, add time-slice stalls of several
+ms to processes under the default scheduler instead: they measure a loaded box, not a slow one.
+A controller under ``SCHED_FIFO`` preempts any hog, as on a real controller. The calibration
+(the bare ping-pong p50 with the hogs running) says how slow the machine was.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -33,28 +37,48 @@ while True:
     s.send_multipart([ident, frame])
     if frame == b"stop": break
 """
-HOG = "while True: pass"
+SPIN = "import os; os.sched_setaffinity(0, {{{cpu}}}); os.nice({nice})\nwhile True: pass"
+# two processes, one on each of two CPUs, passing a byte back and forth through pipes: every
+# message a cross-CPU wake-up, as a busy neighbour service makes them on an edge box
+PING_PONG = """
+import os
+cpus = sorted(os.sched_getaffinity(0)); os.nice({nice})
+r1, w1 = os.pipe(); r2, w2 = os.pipe()
+if os.fork() == 0:
+    os.sched_setaffinity(0, {{cpus[({cpu} + 1) % len(cpus)]}})
+    while True:
+        os.read(r1, 1); os.write(w2, b"x")
+os.sched_setaffinity(0, {{cpus[{cpu} % len(cpus)]}})
+while True:
+    os.write(w1, b"x"); os.read(r2, 1)
+"""
+HOGS = {"spin": SPIN, "pingpong": PING_PONG}
 
 
 @contextlib.contextmanager
-def cpu_hogs(n: int, nice: int = 0) -> Iterator[list[int]]:
-    """``n`` spinning processes at ``nice`` for the duration; yields their pids.
+def cpu_hogs(n: int, nice: int = 0, kind: str = "spin") -> Iterator[list[int]]:
+    """``n`` hogs of ``kind`` at ``nice`` for the duration; yields their process groups.
 
-    Hog ``i`` runs on CPU ``i`` modulo the CPUs this process may use.
+    ``spin``: a process spinning on CPU ``i`` (modulo the CPUs this process may use).
+    ``pingpong``: a pair of processes on CPUs ``i`` and ``i + 1`` waking each other through
+    pipes (a busy neighbour: the p50 of every message on the machine rises, its tail little).
     """
     cpus = sorted(os.sched_getaffinity(0))
-    procs = []
-    for i in range(n):
-        cpu = cpus[i % len(cpus)]
-        code = f"import os; os.sched_setaffinity(0, {{{cpu}}}); os.nice({nice})\n{HOG}"
-        procs.append(subprocess.Popen([sys.executable, "-c", code]))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", HOGS[kind].format(cpu=cpus[i % len(cpus)], nice=nice)],
+            start_new_session=True,
+        )
+        for i in range(n)
+    ]
     try:
         if procs:
             time.sleep(0.3)  # running before anything is measured
         yield [proc.pid for proc in procs]
     finally:
         for proc in procs:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
 
 
@@ -112,6 +136,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="calibration with N CPU hogs")
     parser.add_argument("--hog", type=int, default=0)
     parser.add_argument("--hog-nice", type=int, default=0)
+    parser.add_argument("--hog-kind", choices=sorted(HOGS), default="spin")
     args = parser.parse_args()
-    with cpu_hogs(args.hog, args.hog_nice):
+    with cpu_hogs(args.hog, args.hog_nice, args.hog_kind):
         print(json.dumps(calibration()))

@@ -51,6 +51,11 @@ def _serve_args(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--report-every", type=float, default=10.0, help="seconds between reports")
     serve.add_argument("--max-action-age-ms", type=float, default=50.0, help="sent in WELCOME")
     serve.add_argument("--ready-file", type=Path, help="write the bound endpoint here when ready")
+    serve.add_argument(
+        "--rt-priority", type=int,
+        help="serve under SCHED_FIFO at this priority, below the controllers' (1-99; needs "
+        "CAP_SYS_NICE)",
+    )  # fmt: skip
 
 
 def _sim_args(sim: argparse.ArgumentParser) -> None:
@@ -86,9 +91,14 @@ def _run_serve(args: argparse.Namespace) -> int:
     from factoryfloor.edge_runtime.server import ServerConfig
     from factoryfloor.stack.policy_server import ServerJob, serve_policy
 
+    if args.rt_priority is not None:
+        from factoryfloor.edge_runtime.realtime import check_priority
+
+        check_priority(args.rt_priority)  # a bad value fails before the policy loads
     options = ServeOptions(
         keys_dir=args.keys, metrics_port=args.metrics_port, metrics_jsonl=args.metrics_jsonl,
         report_every_s=args.report_every, ready_file=args.ready_file,
+        rt_priority=args.rt_priority,
     )  # fmt: skip
     config = ServerConfig(bind=args.bind, max_action_age_ms=args.max_action_age_ms)
     job = ServerJob(policy=args.policy, task=args.task, robot=args.robot, config=config,

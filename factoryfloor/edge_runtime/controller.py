@@ -22,7 +22,11 @@ import numpy as np
 from factoryfloor.edge_runtime.client import EdgeClient
 from factoryfloor.edge_runtime.fault_trace import TRACE_CYCLES, CycleTrace, explain
 from factoryfloor.edge_runtime.loop import FixedRateLoop
-from factoryfloor.edge_runtime.realtime import check_priority, realtime_priority
+from factoryfloor.edge_runtime.realtime import (
+    check_priority,
+    realtime_io_threads,
+    realtime_priority,
+)
 from factoryfloor.edge_runtime.safety import Decision, SafetyConfig, SafetyLayer, State
 from factoryfloor.edge_runtime.spec import PolicySpec
 from factoryfloor.robots import get_robot_spec, robot_names
@@ -181,6 +185,8 @@ class ControllerRuntime:
         """
         cycles = 0
         next_report = time.monotonic() + (report_every_s or float("inf"))
+        if self.rt_priority is not None:  # the loop waits on them for every answer
+            realtime_io_threads(self.rt_priority)
         with realtime_priority(self.rt_priority):
             while max_cycles is None or cycles < max_cycles:
                 cycles += 1

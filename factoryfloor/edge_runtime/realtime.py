@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from factoryfloor.edge_runtime.protocol import EdgeError
 
@@ -57,6 +58,48 @@ def set_realtime_priority(priority: int) -> None:
             f"SCHED_FIFO priority {priority} was refused; to allow it, {HOW_TO_ALLOW}, or run "
             "without a real-time priority"
         ) from None
+
+
+def set_process_realtime(priority: int) -> int:
+    """Put every thread this process has now under ``SCHED_FIFO`` at ``priority``, for good.
+
+    For a server whose library threads (ZeroMQ's I/O thread) carry its messages: call it after
+    they have started. Returns the threads set.
+
+    Raises:
+        ValueError: For a priority outside the system's ``SCHED_FIFO`` range.
+        EdgeError: When the system refuses (with how to allow it) or is not Linux.
+    """
+    set_realtime_priority(priority)  # the calling thread first: its errors say how to allow it
+    threads = [int(t) for t in os.listdir("/proc/self/task")]
+    for tid in threads:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+        except ProcessLookupError:  # a thread that ended meanwhile
+            continue
+    return len(threads)
+
+
+def realtime_io_threads(priority: int) -> int:
+    """Put this process's ZeroMQ I/O threads under ``SCHED_FIFO`` at ``priority``, for good.
+
+    A real-time loop waits on them for every message: left under the default scheduler, any
+    busy process on the machine delays the loop's answers (a priority inversion). Returns the
+    threads set; refusals raise as ``set_realtime_priority``'s do.
+    """
+    check_priority(priority)
+    done = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            name = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+            if name.startswith("ZMQbg/IO"):
+                os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(priority))
+                done += 1
+        except (ProcessLookupError, FileNotFoundError):
+            continue
+        except PermissionError:
+            raise EdgeError(f"SCHED_FIFO priority {priority} was refused; {HOW_TO_ALLOW}") from None
+    return done
 
 
 def scheduling_policy() -> str:

@@ -25,6 +25,7 @@ from factoryfloor.edge_runtime.metrics import (
     MetricsHttpServer,
     resident_memory_mb,
 )
+from factoryfloor.edge_runtime.realtime import set_process_realtime
 from factoryfloor.edge_runtime.served import ServedPolicy
 from factoryfloor.edge_runtime.server import PolicyServer, ServerConfig, configure_router
 
@@ -41,6 +42,9 @@ class ServeOptions:
         metrics_jsonl: Append a metrics snapshot per report to this file (None: off).
         report_every_s: Seconds between metrics reports (s).
         ready_file: Write the bound endpoint here once serving (for scripts and tests).
+        rt_priority: Serve under ``SCHED_FIFO`` at this priority, ZeroMQ's I/O thread too
+            (None: the default scheduler). On an edge box that shares its CPUs with other
+            work, this keeps the other work from delaying an answer (``docs/deploying.md``).
     """
 
     keys_dir: Path | None = None
@@ -48,6 +52,7 @@ class ServeOptions:
     metrics_jsonl: Path | None = None
     report_every_s: float = 10.0
     ready_file: Path | None = None
+    rt_priority: int | None = None
 
 
 def make_server(
@@ -68,6 +73,14 @@ def make_server(
 def serve(policy: ServedPolicy, config: ServerConfig, options: ServeOptions) -> int:
     """Serve until SIGINT/SIGTERM (exit 0) or the authenticator's death (``EXIT_AUTH_DIED``)."""
     server, security = make_server(policy, config, options.keys_dir)
+    if options.rt_priority is not None:
+        try:
+            set_process_realtime(options.rt_priority)  # after the socket: its I/O thread exists
+        except BaseException:
+            server.close()
+            if security is not None:
+                security.stop()
+            raise
     if threading.current_thread() is threading.main_thread():  # signals reach the main thread
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: server.stop_event.set())

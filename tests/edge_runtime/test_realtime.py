@@ -103,3 +103,68 @@ def test_run_sim_cli_says_what_priorities_are_allowed(capsys):
     ])  # fmt: skip
     assert code == 2
     assert "real-time priority 0: use 1..99" in capsys.readouterr().err
+
+
+def test_serve_cli_refuses_a_bad_priority_before_loading_anything(capsys):
+    from factoryfloor.cli import main
+
+    code = main(["edge", "serve", "--policy", "missing.ffpolicy", "--rt-priority", "100"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "real-time priority 100: use 1..99" in err[0]
+
+
+IO_THREADS = """
+import os, zmq
+from factoryfloor.edge_runtime import realtime
+socket = zmq.Context.instance().socket(zmq.DEALER)
+print(realtime.realtime_io_threads(11))
+for tid in sorted(os.listdir("/proc/self/task")):
+    name = open(f"/proc/self/task/{tid}/comm").read().strip()
+    print(name, os.sched_getscheduler(int(tid)) & 0xFF, os.sched_getparam(int(tid)).sched_priority)
+"""
+
+
+@needs_fifo
+def test_a_real_time_loop_takes_its_zeromq_io_thread_with_it():
+    """Else any busy process delays the messages the loop waits for (a priority inversion)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", IO_THREADS], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    count, *threads = done.stdout.strip().splitlines()
+    assert int(count) == 1
+    rows = [line.rsplit(" ", 2) for line in threads]
+    assert [(n, int(pol), int(pri)) for n, pol, pri in rows if n.startswith("ZMQbg/IO")] == [
+        ("ZMQbg/IO/0", os.SCHED_FIFO, 11)
+    ]
+    assert all(int(pol) == os.SCHED_OTHER for n, pol, _ in rows if not n.startswith("ZMQbg/IO"))
+
+
+@needs_fifo
+def test_serve_runs_every_thread_real_time_when_asked(tmp_path):
+    import subprocess
+    import sys
+    import time
+    from importlib.resources import files
+
+    bundle = files("factoryfloor.policies") / "pretrained" / "pick_place_panda.ffpolicy"
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "factoryfloor.cli", "edge", "serve", "--policy", str(bundle),
+         "--bind", "tcp://127.0.0.1:0", "--ready-file", str(ready), "--rt-priority", "12"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), proc.stderr.read().decode() if proc.poll() is not None else ""
+        tids = os.listdir(f"/proc/{proc.pid}/task")
+        policies = {(os.sched_getscheduler(int(t)) & 0xFF, os.sched_getparam(int(t)).sched_priority)
+                    for t in tids}  # fmt: skip
+        assert policies == {(os.SCHED_FIFO, 12)} and len(tids) >= 2  # the I/O thread too
+    finally:
+        proc.terminate()
+        proc.wait(10)
