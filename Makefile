@@ -13,11 +13,12 @@ LOG_TAIL = { tail -n 40 $(LOG); echo "make: $(1) failed; the whole log is $(LOG)
 EXTRAS ?= sim,train,edge,ray,dev,bench
 PYTEST_ARGS ?= -m "not slow and not gui and not hardware" -n 2
 
-.PHONY: demo test test-all lint format bench bench-train bench-edge c-controller browser clean
+.PHONY: demo test test-all lint format bench bench-train bench-edge bench-edge-slow c-controller browser clean
 
 # pip's output (setuptools' editable-install warning box included) goes to $(LOG): one line
 # per step here, the log's tail on failure.
-$(STAMP): pyproject.toml constraints.txt
+# setup.py builds the compiled edge hot path (cffi, optional: pure Python without a compiler)
+$(STAMP): pyproject.toml constraints.txt setup.py factoryfloor/edge_runtime/_fastpath.c
 	@test -x $(PY) || { \
 		ver=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
 			|| { echo "make: cannot run $(PYTHON); pass PYTHON=/path/to/python3.11"; exit 1; }; \
@@ -72,6 +73,11 @@ bench-train: $(STAMP)
 
 bench-edge: $(STAMP)
 	$(PY) benchmarks/edge_latency.py --rt-priority 80 --pin --out bench_results/edge_latency.json
+
+# the same on a slower machine: three busy neighbour pairs beside it (benchmarks/edge_slowdown.py)
+bench-edge-slow: $(STAMP)
+	$(PY) benchmarks/edge_latency.py --rt-priority 80 --pin --hog 3 \
+		--out bench_results/edge_latency_slow.json
 
 c-controller: $(STAMP)
 	$(PY) examples/c_controller/build.py build/ffep_controller

@@ -277,6 +277,16 @@ class BundlePolicy:
             start += size
         self.obs_size = start
 
+    @property
+    def onnx_session(self) -> Any:
+        """The onnxruntime ``InferenceSession`` (None with the NumPy backend)."""
+        return getattr(self._runner, "session", None)
+
+    @property
+    def columns(self) -> list[tuple[slice, tuple[int, ...]]]:
+        """Each observation key's columns in a flat row and its shape, in key order."""
+        return list(self._columns)
+
     def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         """The action for one raw env observation (Dict of arrays) -> ``action_shape``."""
         batch = {k: np.asarray(obs[k])[None] for k in self.keys}

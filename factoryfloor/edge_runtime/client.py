@@ -268,7 +268,7 @@ class EdgeClient:
         if age_ns > self.max_age_ns or age_ns < 0:
             self.metrics.count("actions_too_old")
             return None
-        action = gate.rows[0].copy()
+        action: np.ndarray = gate.rows[0].copy()
         if verdict == fastpath.NONFINITE:
             self.metrics.count("actions_nonfinite")  # as in _fresh_action: not applied
             self._nonfinite = action
@@ -314,7 +314,7 @@ class EdgeClient:
         Asks ``EVENTS`` before receiving: cheaper than raising and catching ``zmq.Again``.
         """
         socket = self.socket
-        if socket.get(_EVENTS) & _POLLIN:
+        if int(socket.get(_EVENTS)) & _POLLIN:
             return socket.recv(_NOBLOCK)
         return None
 

@@ -58,7 +58,8 @@ if not COMPILED and not WHY_PURE.startswith("FACTORYFLOOR_EDGE_PURE_PYTHON"):
 
 def stream_heads(codec: p.StreamCodec) -> bytes:
     """The codec's fixed 16-byte header starts, flags 0 first (head ``i`` carries flags ``i``)."""
-    return b"".join(codec._heads[f] for f in sorted(codec._heads))
+    heads = codec.heads
+    return b"".join(heads[f] for f in sorted(heads))
 
 
 class ReferenceGate:
@@ -128,7 +129,7 @@ class ReferenceEncoder:
 
     def __init__(self, codec: p.StreamCodec, rows: np.ndarray) -> None:
         _check_rows(rows, codec.payload_bytes // 4)
-        self.head, self.rows = codec._heads[0], rows
+        self.head, self.rows = codec.heads[0], rows
         self.buffer = bytearray(codec.frame_bytes)
 
     def encode(self, seq: int, ack_seq: int, t_send_ns: int, t_echo_ns: int, row: int) -> bytearray:

@@ -36,9 +36,9 @@ class RowInference:
         self._bindings: dict[int, Any] = {}
         self._keep: list[Any] = []
         self._columns: list[tuple[slice, np.ndarray]] = []  # each key's columns and buffer
-        if bundle.backend == "onnxruntime":
-            self._session = bundle._runner.session
-            for cols, shape in bundle._columns:
+        if bundle.onnx_session is not None:
+            self._session = bundle.onnx_session
+            for cols, shape in bundle.columns:
                 self._columns.append((cols, np.zeros((max_batch, *shape), np.float32)))
 
     def run(self, sessions: list[int]) -> np.ndarray:
@@ -62,7 +62,7 @@ class RowInference:
         binding, copies, actions = bound
         for into, columns in copies:
             np.copyto(into, columns)
-        self._session._sess.run_with_iobinding(binding, self._run_options)
+        self._session.run_with_iobinding(binding, self._run_options)  # the public API
         return actions
 
     def _bind(self, batch: int) -> tuple[Any, list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
@@ -80,4 +80,4 @@ class RowInference:
         out = ort.OrtValue.ortvalue_from_numpy(self.actions[:batch])
         binding.bind_ortvalue_output("action", out)
         self._keep.extend((out, binding))  # alive as long as the binding is used
-        return binding._iobinding, copies, self.actions[:batch]
+        return binding, copies, self.actions[:batch]

@@ -314,6 +314,11 @@ class StreamCodec:
             message = Message(self.kind, self.session_id, seq, ack_seq, t_send_ns, t_echo_ns)
             raise _field_error(message) from None
 
+    @property
+    def heads(self) -> dict[int, bytes]:
+        """The fixed first ``FIXED_HEAD`` bytes of this stream's frames, by their flags."""
+        return dict(self._heads)
+
     def flags_of(self, frame: bytes) -> int | None:
         """The flags of a valid frame of this stream, or None when it is not one.
 

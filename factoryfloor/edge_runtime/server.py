@@ -136,7 +136,7 @@ class PolicyServer(SessionRules):
         while (
             not flooded
             and received < self.config.max_frames_per_drain
-            and socket.get(EVENTS) & POLLIN
+            and int(socket.get(EVENTS)) & POLLIN
             and time.perf_counter() < end
         ):
             flooded = self._drop_run(self._guarded(self._recv(NOBLOCK), inbox), dropped)
@@ -171,13 +171,13 @@ class PolicyServer(SessionRules):
         """One message's frames; with ``keyed``, the first frame carries the peer's key."""
         if not self.keyed:
             socket = self.socket  # recv_multipart's loop, without its enum conversions
-            parts = [socket.recv(flags)]
+            parts: list[Any] = [socket.recv(flags)]
             while socket.get(RCVMORE):
                 parts.append(socket.recv(NOBLOCK))
             return parts
-        parts = self.socket.recv_multipart(flags, copy=False)
-        key = parts[-1].get("User-Id") if parts else None
-        return [KeyedIdentity(parts[0].bytes, key), *(part.bytes for part in parts[1:])]
+        frames = self.socket.recv_multipart(flags, copy=False)
+        key = str(frames[-1].get("User-Id")) if frames else None
+        return [KeyedIdentity(frames[0].bytes, key), *(part.bytes for part in frames[1:])]
 
     def _answer_alone(self, frames: list[bytes]) -> int | None:
         """Answer the common case on its shortest path (actions sent), or None: not handled.
@@ -194,7 +194,8 @@ class PolicyServer(SessionRules):
             return None
         identity, frame = frames
         session = self.sessions.get(self.by_identity.get(identity, 0))
-        if session is None or session.pending is not None or self.socket.get(EVENTS) & POLLIN:
+        waiting = int(self.socket.get(EVENTS)) & POLLIN
+        if session is None or session.pending is not None or waiting:
             return None
         gate = session.gate
         flags = gate.check(frame, session.last_seq, fastpath.U64_MAX, 0)

@@ -83,7 +83,7 @@ def _fuzzed_frames(rng: np.random.Generator, codec: p.StreamCodec, n: int):
         values = rng.normal(0, 10, floats).astype(np.float32)
         if rng.random() < 0.3:
             values[rng.integers(0, floats)] = rng.choice(specials)
-        flags = int(rng.integers(0, len(codec._heads)))
+        flags = int(rng.integers(0, len(codec.heads)))
         frame = bytearray(codec.encode(*tail, values.tobytes(), flags))
         way = i % 6
         if way == 1:  # bit flips anywhere

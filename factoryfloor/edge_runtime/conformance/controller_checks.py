@@ -7,6 +7,7 @@ plays its script and judges the frames the controller sent, on the kit's clock.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
 import os
@@ -255,18 +256,21 @@ def _garbage(run: Script, obs: p.Message) -> list[bytes]:
     """Ten frames a controller must drop (and survive)."""
     size = run.spec.action_size
     zeros = p.encode_floats(np.zeros(size, np.float32))
-    here = {"session": run.session, "seq": run.seq + 1, "ack": obs.seq, "t_echo": obs.t_send_ns}
+    ours = functools.partial(
+        frame, session=run.session, seq=run.seq + 1, ack=obs.seq, t_echo=obs.t_send_ns
+    )  # an ACTION-like frame of this session, each below breaking one rule
+    action = int(p.MsgType.ACTION)
     return [
         os.urandom(37),
         os.urandom(120),
         b"XXXX" + bytes(44),
-        frame(int(p.MsgType.ACTION), zeros, **{**here, "session": run.session ^ 0xFF}),
-        frame(int(p.MsgType.ACTION), zeros + zeros[:4], **here),
-        frame(int(p.MsgType.ACTION), zeros, **{**here, "ack": max(obs.seq - 1, 0)}),
-        frame(int(p.MsgType.ACTION), zeros, version=1, **here),
-        frame(99, b"", **here),
-        frame(int(p.MsgType.ACTION), zeros, payload_len=4 * size + 4, **here),
-        frame(int(p.MsgType.ACTION), zeros, flags=1, **here),
+        ours(action, zeros, session=run.session ^ 0xFF),
+        ours(action, zeros + zeros[:4]),
+        ours(action, zeros, ack=max(obs.seq - 1, 0)),
+        ours(action, zeros, version=1),
+        ours(99, b""),
+        ours(action, zeros, payload_len=4 * size + 4),
+        ours(action, zeros, flags=1),
     ]
 
 
