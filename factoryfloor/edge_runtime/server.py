@@ -176,7 +176,8 @@ class PolicyServer(SessionRules):
                 parts.append(socket.recv(NOBLOCK))
             return parts
         frames = self.socket.recv_multipart(flags, copy=False)
-        key = str(frames[-1].get("User-Id")) if frames else None
+        user = frames[-1].get("User-Id") if frames else None
+        key = user if isinstance(user, str) else None
         return [KeyedIdentity(frames[0].bytes, key), *(part.bytes for part in frames[1:])]
 
     def _answer_alone(self, frames: list[bytes]) -> int | None:
