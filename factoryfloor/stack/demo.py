@@ -169,6 +169,7 @@ def run_demo(options: DemoOptions) -> int:
         server = ServerProcess(_server_job(policy, options, rt), Path(tmp))
         endpoint = server.start()
         client = EdgeClient(endpoint)
+        finished = False
         try:
             runtime = DemoRuntime(
                 controller, client, hold_window_s=options.hold_window_s, name="demo",
@@ -178,11 +179,12 @@ def run_demo(options: DemoOptions) -> int:
             console.start(options, welcome, endpoint, view.url if view else None)
             report, faults = _run_cell(runtime, options, console, view)
             client.send_bye()
+            finished = True
         finally:
             client.close()
             server_ok = server.stop()
-            if view is not None:
-                _linger(view, options.view_linger_s, console)
+            if view is not None:  # after Ctrl-C or a failure the page goes at once
+                _linger(view, options.view_linger_s if finished else 0.0, console)
     metrics = demo_report.metrics(options, policy, report, client, server_ok, faults)
     metrics["scheduling"] = f"SCHED_FIFO {rt}" if rt is not None else "default (SCHED_OTHER)"
     demo_report.write_outputs(options, controller, runtime.step_latency_ms, metrics, console)

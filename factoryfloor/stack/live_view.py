@@ -108,11 +108,18 @@ class LiveView:
             self._queue.put_nowait(item)
 
     def close(self) -> None:
-        """Stop the viewer process."""
+        """Stop the viewer process (killed when it is still behind after 5 s).
+
+        A viewer that fell behind may leave items in the queue's buffer that no one will read:
+        the queue's feeder thread is then not waited for at exit (it would wait forever).
+        """
         self._put(("stop", None))
         self._process.join(5)
         if self._process.is_alive():
             self._process.kill()
+            self._process.join(5)
+        self._queue.cancel_join_thread()
+        self._queue.close()
 
 
 class _State:

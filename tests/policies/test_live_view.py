@@ -32,3 +32,31 @@ def test_page_names_every_metric_and_the_status_says_the_view_lingers():
         assert metrics["reason"] == "no valid action for 61.0 ms" and metrics["cycles"] == 12
     finally:
         view.close()
+
+
+BEHIND = """
+import os, signal, time
+import numpy as np
+from factoryfloor.stack.live_view import LiveView
+if __name__ == "__main__":
+    view = LiveView("factoryfloor/PickPlace-v0", "panda")
+    os.kill(view._process.pid, signal.SIGSTOP)  # a viewer far behind: it reads nothing more
+    for _ in range(10_000):
+        view.step(np.zeros(4, np.float32))
+    view.close()
+    print("closed", flush=True)
+"""
+
+
+def test_a_viewer_far_behind_does_not_keep_the_demo_from_exiting(tmp_path):
+    """Items left in the queue's buffer used to make the interpreter wait forever at exit."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "behind.py"  # a file: the spawned viewer re-imports __main__
+    script.write_text(BEHIND)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )  # raised TimeoutExpired before the fix
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "closed"
