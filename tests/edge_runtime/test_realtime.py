@@ -117,7 +117,12 @@ def test_serve_cli_refuses_a_bad_priority_before_loading_anything(capsys):
 IO_THREADS = """
 import os, zmq
 from factoryfloor.edge_runtime import realtime
+import time
 socket = zmq.Context.instance().socket(zmq.DEALER)
+names = lambda: [open(f"/proc/self/task/{t}/comm").read() for t in os.listdir("/proc/self/task")]
+deadline = time.monotonic() + 5
+while not any(n.startswith("ZMQbg/IO") for n in names()) and time.monotonic() < deadline:
+    time.sleep(0.01)  # the I/O thread names itself once it runs
 print(realtime.realtime_io_threads(11))
 for tid in sorted(os.listdir("/proc/self/task")):
     name = open(f"/proc/self/task/{tid}/comm").read().strip()
