@@ -75,6 +75,7 @@ from factoryfloor.edge_runtime.realtime import (
     realtime_priority,
     scheduling_policy,
     set_realtime_priority,
+    set_threads_realtime,
 )
 from factoryfloor.edge_runtime.safety import State
 from factoryfloor.edge_runtime.served import BundleServedPolicy
@@ -83,21 +84,11 @@ from factoryfloor.policies.atomic import atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).parent))
 from edge_latency_report import print_table, targets
-from edge_slowdown import HOGS, cpu_hogs, machine_calibration
+from edge_slowdown import ECHO_SERVER, HOGS, cpu_hogs, machine_calibration
 
 BUNDLE = str(files("factoryfloor.policies") / "pretrained" / "pick_place_panda.ffpolicy")
 RATES_HZ = (100, 250, 500, 1000)
 WARM_UP = 50  # calls or cycles after each start that are not measured, on both sides alike
-ECHO_SERVER = """
-import sys, zmq
-ctx = zmq.Context(); s = ctx.socket(zmq.ROUTER); s.setsockopt(zmq.LINGER, 0)
-port = s.bind_to_random_port("tcp://127.0.0.1"); print(port, flush=True)
-reply = bytes(int(sys.argv[1]))
-while True:
-    ident, frame = s.recv_multipart()
-    if frame == b"stop": break
-    s.send_multipart([ident, reply])
-"""
 
 
 class StandInRobot(RobotController):
@@ -196,8 +187,7 @@ class BarePeers:
         port = int(self.echo.stdout.readline())
         pin_process(self.echo.pid, SERVER_CPUS)
         if rt_priority:  # the same scheduling as the policy server's
-            for tid in os.listdir(f"/proc/{self.echo.pid}/task"):
-                os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(rt_priority))
+            set_threads_realtime(rt_priority, self.echo.pid)
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(f"tcp://127.0.0.1:{port}")

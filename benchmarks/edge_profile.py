@@ -39,9 +39,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from edge_latency import (
     BUNDLE,
     ECHO_SERVER,
+    WARM_UP,
     StandInRobot,
     action_range,
     description,
+    paced,
     start_server,
 )
 from edge_slowdown import calibration, cpu_hogs
@@ -52,7 +54,7 @@ from factoryfloor.edge_runtime.bundle import load_bundle
 from factoryfloor.edge_runtime.client import EdgeClient
 from factoryfloor.edge_runtime.controller import ControllerRuntime
 from factoryfloor.edge_runtime.inference import RowInference
-from factoryfloor.edge_runtime.metrics import Metrics
+from factoryfloor.edge_runtime.metrics import LatencyStats, Metrics
 from factoryfloor.edge_runtime.peers import Peer
 from factoryfloor.edge_runtime.server_config import ServerConfig
 from factoryfloor.policies.atomic import atomic_write_json
@@ -91,17 +93,6 @@ def cpu_per_message(
     return table
 
 
-def paced(rate_hz: float, seconds: float, call: Callable[[], None]) -> int:
-    """Call ``call`` at ``rate_hz`` for ``seconds``; returns the calls made."""
-    n = int(rate_hz * seconds)
-    due = time.monotonic()
-    for _ in range(n):
-        due += 1.0 / rate_hz
-        time.sleep(max(0.0, due - time.monotonic()))
-        call()
-    return n
-
-
 def profile_echo(rate_hz: float, seconds: float, obs_size: int, action_size: int) -> dict:
     """CPU per message of a bare pyzmq echo server and of its client."""
     echo = subprocess.Popen(
@@ -119,9 +110,11 @@ def profile_echo(rate_hz: float, seconds: float, obs_size: int, action_size: int
         sock.send(frame)
         sock.recv()
 
-    paced(rate_hz, 1.0, trip)  # warm up
+    paced(1 / rate_hz, int(rate_hz), trip, LatencyStats())  # warm up
     server0, client0 = thread_cpu(echo.pid), thread_cpu(os.getpid())
-    n = paced(rate_hz, seconds, trip)
+    n = int(rate_hz * seconds)
+    paced(1 / rate_hz, n, trip, LatencyStats())
+    n += WARM_UP  # paced also makes its WARM_UP calls, unrecorded
     result = {
         "server": cpu_per_message(server0, thread_cpu(echo.pid), n),
         "client": cpu_per_message(client0, thread_cpu(os.getpid()), n),

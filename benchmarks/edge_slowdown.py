@@ -28,14 +28,16 @@ from typing import Any
 
 import numpy as np
 
-PING_PONG_PEER = """
+# the bare peer of every edge benchmark: a ROUTER answering each frame with argv[1] zero bytes
+ECHO_SERVER = """
 import sys, zmq
 ctx = zmq.Context(); s = ctx.socket(zmq.ROUTER); s.setsockopt(zmq.LINGER, 0)
-print(s.bind_to_random_port("tcp://127.0.0.1"), flush=True)
+port = s.bind_to_random_port("tcp://127.0.0.1"); print(port, flush=True)
+reply = bytes(int(sys.argv[1]))
 while True:
     ident, frame = s.recv_multipart()
-    s.send_multipart([ident, frame])
     if frame == b"stop": break
+    s.send_multipart([ident, reply])
 """
 SPIN = "import os; os.sched_setaffinity(0, {{{cpu}}}); os.nice({nice})\nwhile True: pass"
 # two processes, one on each of two CPUs, passing a byte back and forth through pipes: every
@@ -104,7 +106,7 @@ def calibration(n: int = 2_000, frame_bytes: int = 148) -> dict[str, Any]:
     import zmq
 
     peer = subprocess.Popen(
-        [sys.executable, "-c", PING_PONG_PEER], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", ECHO_SERVER, str(frame_bytes)], stdout=subprocess.PIPE, text=True
     )
     port = int(peer.stdout.readline())  # type: ignore[union-attr]
     sock = zmq.Context.instance().socket(zmq.DEALER)
@@ -118,7 +120,6 @@ def calibration(n: int = 2_000, frame_bytes: int = 148) -> dict[str, Any]:
         if i >= 100:
             samples.append(time.perf_counter() - t0)
     sock.send(b"stop")
-    sock.recv()
     peer.wait(5)
     sock.close()
     us = np.asarray(samples) * 1e6

@@ -263,21 +263,10 @@ class EdgeClient:
         if verdict == fastpath.STALE:
             self.metrics.count("actions_stale_or_replayed")  # duplicated, reordered, replayed
             return None
-        age_ns = time.monotonic_ns() - gate.tail[3]
-        self.metrics.observe("round_trip", age_ns / 1e9)
-        if age_ns > self.max_age_ns or age_ns < 0:
-            self.metrics.count("actions_too_old")
+        age_ns = self._age_ns(gate.tail[3])
+        if age_ns is None:
             return None
-        action: np.ndarray = gate.rows[0].copy()
-        if verdict == fastpath.NONFINITE:
-            self.metrics.count("actions_nonfinite")  # as in _fresh_action: not applied
-            self._nonfinite = action
-            return None
-        self._nonfinite = None
-        self._last_ack = gate.tail[1]
-        self.last_round_trip_s = age_ns / 1e9
-        self.metrics.count("actions_accepted")
-        return action
+        return self._take(gate.rows[0].copy(), gate.tail[1], age_ns, verdict != fastpath.NONFINITE)
 
     def _fresh_action(
         self, ack_seq: int, t_echo_ns: int, data: bytes, offset: int
@@ -289,18 +278,38 @@ class EdgeClient:
         if ack_seq <= self._last_ack or ack_seq > self._seq:
             self.metrics.count("actions_stale_or_replayed")  # duplicated, reordered, replayed
             return None
-        age_ns = time.monotonic_ns() - t_echo_ns
-        self.metrics.observe("round_trip", age_ns / 1e9)
-        if age_ns > self.max_age_ns or age_ns < 0:
-            self.metrics.count("actions_too_old")
+        age_ns = self._age_ns(t_echo_ns)
+        if age_ns is None:
             return None
         if len(data) - offset != 4 * self.action_size:
             self.metrics.count("actions_wrong_size")
             return None
         action = np.frombuffer(data, "<f4", self.action_size, offset).astype(np.float32)
-        if not np.isfinite(action).all():  # not applied, so its ack_seq is not used up: a
-            self.metrics.count("actions_nonfinite")  # finite answer may still come; else the
-            self._nonfinite = action  # safety layer gets this one, to count it
+        return self._take(action, ack_seq, age_ns, bool(np.isfinite(action).all()))
+
+    def _age_ns(self, t_echo_ns: int) -> int | None:
+        """The answer's age on this side's clock (ns; observed as the round trip).
+
+        None (counted) when it is older than the max age or from the future.
+        """
+        age_ns = time.monotonic_ns() - t_echo_ns
+        self.metrics.observe("round_trip", age_ns / 1e9)
+        if age_ns > self.max_age_ns or age_ns < 0:
+            self.metrics.count("actions_too_old")
+            return None
+        return age_ns
+
+    def _take(
+        self, action: np.ndarray, ack_seq: int, age_ns: int, finite: bool
+    ) -> np.ndarray | None:
+        """Accept a fresh ``action`` (returned), or keep a non-finite one aside (None).
+
+        A non-finite action is not applied, so its ack_seq is not used up: a finite answer may
+        still come, else the safety layer gets this one, to count it.
+        """
+        if not finite:
+            self.metrics.count("actions_nonfinite")
+            self._nonfinite = action
             return None
         self._nonfinite = None
         self._last_ack = ack_seq

@@ -106,7 +106,7 @@ class CompiledGate(ReferenceGate):
     def __init__(self, codec: p.StreamCodec, field: int, rows: np.ndarray) -> None:
         super().__init__(codec, field, rows)
         self.tail = _ffi.new("uint64_t[4]")
-        self._rows = [_ffi.cast("float *", rows[i].ctypes.data) for i in range(len(rows))]
+        self._rows = _row_pointers(rows)
         self._n_heads = len(self.heads) // _TAIL_OFFSET
 
     def check(self, frame: bytes, lo: int, hi: int, row: int = 0) -> int:
@@ -145,7 +145,7 @@ class CompiledEncoder(ReferenceEncoder):
     def __init__(self, codec: p.StreamCodec, rows: np.ndarray) -> None:
         super().__init__(codec, rows)
         self._buffer = _ffi.from_buffer(self.buffer)
-        self._rows = [_ffi.cast("float *", rows[i].ctypes.data) for i in range(len(rows))]
+        self._rows = _row_pointers(rows)
         self._n = rows.shape[1]
 
     def encode(self, seq: int, ack_seq: int, t_send_ns: int, t_echo_ns: int, row: int) -> bytearray:
@@ -242,6 +242,11 @@ def _f32(array: np.ndarray, n: int) -> np.ndarray:
     if result.size != n:
         raise ValueError(f"{result.size} values where {n} are expected")
     return result
+
+
+def _row_pointers(rows: np.ndarray) -> list[Any]:
+    """A ``float *`` to each row of a C-contiguous float32 array (the array must outlive them)."""
+    return [_ffi.cast("float *", rows[i].ctypes.data) for i in range(len(rows))]
 
 
 def _check_rows(rows: np.ndarray, floats: int) -> None:

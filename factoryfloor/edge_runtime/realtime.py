@@ -60,6 +60,30 @@ def set_realtime_priority(priority: int) -> None:
         ) from None
 
 
+def set_threads_realtime(priority: int, pid: int | str = "self", prefix: str = "") -> int:
+    """Put threads of process ``pid`` under ``SCHED_FIFO`` at ``priority``, for good.
+
+    Only those whose names start with ``prefix`` (all by default). Returns the threads set.
+
+    Raises:
+        ValueError: For a priority outside the system's ``SCHED_FIFO`` range.
+        EdgeError: When the system refuses (with how to allow it).
+    """
+    check_priority(priority)
+    done = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            if prefix and not Path(f"/proc/{pid}/task/{tid}/comm").read_text().startswith(prefix):
+                continue
+            os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(priority))
+            done += 1
+        except (ProcessLookupError, FileNotFoundError):  # a thread that ended meanwhile
+            continue
+        except PermissionError:
+            raise EdgeError(f"SCHED_FIFO priority {priority} was refused; {HOW_TO_ALLOW}") from None
+    return done
+
+
 def set_process_realtime(priority: int) -> int:
     """Put every thread this process has now under ``SCHED_FIFO`` at ``priority``, for good.
 
@@ -71,35 +95,18 @@ def set_process_realtime(priority: int) -> int:
         EdgeError: When the system refuses (with how to allow it) or is not Linux.
     """
     set_realtime_priority(priority)  # the calling thread first: its errors say how to allow it
-    threads = [int(t) for t in os.listdir("/proc/self/task")]
-    for tid in threads:
-        try:
-            os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
-        except ProcessLookupError:  # a thread that ended meanwhile
-            continue
-    return len(threads)
+    return set_threads_realtime(priority)
 
 
 def realtime_io_threads(priority: int) -> int:
     """Put this process's ZeroMQ I/O threads under ``SCHED_FIFO`` at ``priority``, for good.
 
     A real-time loop waits on them for every message: left under the default scheduler, any
-    busy process on the machine delays the loop's answers (a priority inversion). Returns the
-    threads set; refusals raise as ``set_realtime_priority``'s do.
+    busy process on the machine delays the loop's answers (a priority inversion). Call it once
+    the context has carried a message (after a handshake): the I/O thread names itself when it
+    first runs. Returns the threads set; refusals raise as ``set_threads_realtime``'s do.
     """
-    check_priority(priority)
-    done = 0
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            name = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
-            if name.startswith("ZMQbg/IO"):
-                os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(priority))
-                done += 1
-        except (ProcessLookupError, FileNotFoundError):
-            continue
-        except PermissionError:
-            raise EdgeError(f"SCHED_FIFO priority {priority} was refused; {HOW_TO_ALLOW}") from None
-    return done
+    return set_threads_realtime(priority, prefix="ZMQbg/IO")
 
 
 def scheduling_policy() -> str:

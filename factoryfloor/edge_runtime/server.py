@@ -195,8 +195,11 @@ class PolicyServer(SessionRules):
             return None
         identity, frame = frames
         session = self.sessions.get(self.by_identity.get(identity, 0))
-        waiting = int(self.socket.get(EVENTS)) & POLLIN
-        if session is None or session.pending is not None or waiting:
+        if (
+            session is None
+            or session.pending is not None
+            or int(self.socket.get(EVENTS)) & POLLIN  # others waiting: batch them
+        ):
             return None
         gate = session.gate
         flags = gate.check(frame, session.last_seq, fastpath.U64_MAX, 0)
