@@ -2,7 +2,9 @@
 
 One trial per (grid config, seed); each trial is a normal ``train`` run with its own run folder
 (``OUT/trials/<config>_seed<seed>``) that reports every evaluation's success rate to Tune. ASHA
-stops hopeless trials early (on the success rate, at evaluation milestones). The summary, per
+stops hopeless trials early (on the success rate, at evaluation milestones); a trial that met
+its ``target_success`` early holds that result at its remaining milestones, so that the others
+are compared with it. The summary, per
 config, is the mean +- std over seeds of each trial's best success rate, and the best config;
 it is printed and written to ``OUT/summary.json``.
 
@@ -71,13 +73,44 @@ def _trial(tune_config: dict[str, Any]) -> None:
         "out": params["out"],
     }
     cfg = load_config(params["task"], params["algo"], None, overrides)
+    last: dict[str, Any] = {}
 
     def report(record: dict[str, Any]) -> None:
+        last.update(record)
         tune.report(
-            {"success_rate": record["success_rate"], "num_timesteps": record["num_timesteps"]}
+            {
+                "success_rate": record["success_rate"],
+                "num_timesteps": record["num_timesteps"],
+                "held": False,
+            }
         )
 
     train(cfg, on_evaluation=report)
+    for steps in held_milestones(cfg, last):
+        tune.report({"success_rate": last["success_rate"], "num_timesteps": steps, "held": True})
+
+
+def held_milestones(cfg: Any, last: dict[str, Any]) -> list[int]:
+    """The evaluation milestones a run that met its target early holds its result at.
+
+    Training stops once an evaluation reaches ``target_success``, so the policy at every later
+    milestone of the budget is that one: reporting its success rate there lets ASHA compare
+    other trials with it (a trial solved at step 0 would otherwise reach no rung at all, and
+    hopeless trials would only ever be compared with each other).
+
+    Args:
+        cfg: The trial's TrainConfig.
+        last: The run's last evaluation record ({} when there was none).
+
+    Returns:
+        Step counts after the last evaluation, every ``eval_every_steps``, up to the budget;
+        empty when the run did not stop on its target.
+    """
+    if not last or not cfg.target_success or last["success_rate"] < cfg.target_success:
+        return []
+    every = max(1, cfg.eval_every_steps)
+    first = (int(last["num_timesteps"]) // every + 1) * every
+    return list(range(first, int(cfg.timesteps) + 1, every))
 
 
 def run_sweep(
@@ -164,19 +197,28 @@ def summarize(results: Any, trials: list[dict[str, Any]]) -> dict[str, Any]:
     budgets = {t["name"]: _timesteps(t) for t in trials}  # one config load per config
     for result in results:
         trial = result.config["trial"]
-        history = result.metrics_dataframe
-        best = float(history["success_rate"].max()) if history is not None and len(history) else 0.0
-        steps = int(history["num_timesteps"].max()) if history is not None and len(history) else 0
+        best, steps, held = _history(result.metrics_dataframe)
         row = rows.setdefault(trial["name"], {"config": trial["config"], "seeds": {}})
         row["seeds"][str(trial["seed"])] = {
             "best_success_rate": best, "num_timesteps": steps, "run": trial["out"],
-            "stopped_early": steps < budgets[trial["name"]],
+            "reached_target": held,
+            "stopped_early": not held and steps < budgets[trial["name"]],
         }  # fmt: skip
     for row in rows.values():
         values = [s["best_success_rate"] for s in row["seeds"].values()]
         row["mean"], row["std"] = float(np.mean(values)), float(np.std(values))
     best = max(rows, key=lambda k: (rows[k]["mean"], -rows[k]["std"]))
     return {"trials": len(trials), "configs": rows, "best": {"name": best, **rows[best]}}
+
+
+def _history(history: Any) -> tuple[float, int, bool]:
+    """(best success rate, steps trained, met its target early) of one trial's reports."""
+    if history is None or not len(history):
+        return 0.0, 0, False
+    held = history["held"].astype(bool) if "held" in history else np.zeros(len(history), bool)
+    trained = history["num_timesteps"][~held]
+    steps = int(trained.max()) if len(trained) else 0
+    return float(history["success_rate"].max()), steps, bool(held.any())
 
 
 def _timesteps(trial: dict[str, Any]) -> int:

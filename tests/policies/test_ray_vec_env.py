@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -178,8 +179,9 @@ def test_sweep_two_configs_two_seeds_writes_the_summary(local_ray, tmp_path, cap
 
 
 def test_sweep_stops_hopeless_trials_early(local_ray, tmp_path):
-    """One config clones the expert (success ~1 from its first evaluation), the other learns
-    from scratch and cannot succeed in 800 steps: ASHA stops its trials before the end."""
+    """One config clones the expert (target met at its first evaluation, step 0), the other
+    learns from scratch and cannot succeed in 800 steps: ASHA stops all its trials before the
+    end, because the cloned trials hold their result at the milestones they never trained to."""
     from factoryfloor.policies.sweep import run_sweep
 
     grid = {"bc_epochs": [200, 0]}
@@ -193,4 +195,27 @@ def test_sweep_stops_hopeless_trials_early(local_ray, tmp_path):
     cloned = next(r for r in configs.values() if r["config"]["bc_epochs"] == 200)
     hopeless = next(r for r in configs.values() if r["config"]["bc_epochs"] == 0)
     assert cloned["mean"] >= 0.8 and summary["best"]["config"]["bc_epochs"] == 200
-    assert any(t["stopped_early"] for t in hopeless["seeds"].values()), hopeless
+    for trial in cloned["seeds"].values():
+        assert trial["reached_target"] and not trial["stopped_early"], cloned
+        assert trial["num_timesteps"] < 800  # steps trained, not the held milestones
+    for trial in hopeless["seeds"].values():
+        assert trial["stopped_early"] and not trial["reached_target"], hopeless
+        assert trial["num_timesteps"] < 800
+
+
+@pytest.mark.parametrize(
+    ("target", "last", "expected"),
+    [
+        (0.95, {"success_rate": 1.0, "num_timesteps": 0}, [100, 200, 300, 400]),
+        (0.95, {"success_rate": 1.0, "num_timesteps": 250}, [300, 400]),
+        (0.95, {"success_rate": 1.0, "num_timesteps": 400}, []),  # the budget was spent
+        (0.95, {"success_rate": 0.9, "num_timesteps": 0}, []),  # below the target
+        (0.0, {"success_rate": 1.0, "num_timesteps": 0}, []),  # no target: never stops on it
+        (0.95, {}, []),  # no evaluation at all
+    ],
+)
+def test_held_milestones_only_after_a_target_was_met(target, last, expected):
+    from factoryfloor.policies.sweep import held_milestones
+
+    cfg = SimpleNamespace(target_success=target, eval_every_steps=100, timesteps=400)
+    assert held_milestones(cfg, last) == expected
