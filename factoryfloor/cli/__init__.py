@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, NoReturn
 
 import factoryfloor
-from factoryfloor.cli import demo, demos, edge, evaluate, export, train
+from factoryfloor.cli import bundle, demo, demos, edge, evaluate, export, train
 
 # top-level module -> the extra of pyproject.toml that installs it
 EXTRA_OF_MODULE = {
@@ -23,6 +23,8 @@ EXTRA_OF_MODULE = {
     "zmq": "edge",
     "onnxruntime": "edge",
     "torch": "train",
+    "cryptography": "edge",
+    "jsonschema": "edge",
     "stable_baselines3": "train",
     "sb3_contrib": "train",
     "yaml": "train",
@@ -51,6 +53,10 @@ COMMANDS: dict[str, Command] = {
     "export": Command(
         "export a training run to a one-file .ffpolicy bundle (ONNX + manifest), parity-checked",
         export.configure, export.run,
+    ),
+    "bundle": Command(
+        "publisher keys, signing and verifying of .ffpolicy bundles (Ed25519)",
+        bundle.configure, bundle.run,
     ),
     "demos": Command(
         "record scripted-expert demonstrations (train --demos seeds the replay buffer with them)",
@@ -125,7 +131,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = refusal(exc)
         if message is None:
             raise
-        where = " ".join(filter(None, (args.command, getattr(args, "edge_command", None))))
+        where = " ".join(
+            filter(
+                None,
+                (
+                    args.command,
+                    getattr(args, "edge_command", None) or getattr(args, "bundle_command", None),
+                ),
+            )
+        )
         print(f"factoryfloor {where}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -6,7 +6,7 @@ A ``.ffpolicy`` file is a plain ZIP archive (read with :mod:`zipfile`; nothing i
 holding exactly these members:
 
 ``manifest.json``
-    UTF-8 JSON object. Required fields (``REQUIRED_FIELDS``): ``format``
+    UTF-8 JSON object (``schemas/bundle_manifest.schema.json``). Fields: ``format``
     (``"factoryfloor-policy"``), ``format_version`` (``1``), ``task_id``, ``robot``,
     ``control_rate_hz``, ``observation`` (``keys``: the Dict keys in the order they are
     concatenated; ``spaces``: per key ``shape``, ``dtype``, ``units``; ``flatten``: how),
@@ -24,23 +24,46 @@ holding exactly these members:
     ``norm_mean``, ``norm_std``, ``norm_low``, ``norm_high`` (float64, per flattened element)
     and ``w0, b0, ..., wN, bN`` (float32 linear layers, ``y = x @ w + b``).
 
-A bundle whose member is missing, whose hash does not match ``files``, whose manifest lacks a
-field, or whose format version differs is refused with ``BundleError``.
+``signature.json`` (signed bundles only)
+    The publisher's Ed25519 signature over every other member (``signing.py``).
+
+Loading (``read_bundle``) goes: ZIP hygiene (``bundle_archive``), the manifest's schema and
+cross-checks (``bundle_manifest``), every file's size and SHA-256, the signature if there is
+one (any change to any byte of any member breaks it), then the trust store's judgement
+(``signing.TrustStore``), and the backend's own checks (graph inputs and outputs, NumPy arrays'
+shapes and finiteness) and one probe action that must be finite and within the bounds. Anything
+else is refused with ``BundleError``, one line naming the file and what is wrong.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from factoryfloor.edge_runtime import signing
+from factoryfloor.edge_runtime.bundle_archive import (
+    MANIFEST,
+    MAX_BUNDLE_BYTES,
+    BundleError,
+    pack_members,
+    unpack,
+)
+from factoryfloor.edge_runtime.bundle_manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    check_files,
+    parse_manifest,
+)
+from factoryfloor.edge_runtime.signing import SIGNATURE, Signer, SigningError, TrustStore
+
 __all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
     "BundleError",
     "BundlePolicy",
     "bundle_from_bytes",
@@ -48,126 +71,89 @@ __all__ = [
     "pack_bundle",
     "read_bundle",
     "sha256_hex",
+    "sign_bundle",
 ]
 
-FORMAT = "factoryfloor-policy"
-FORMAT_VERSION = 1
 SUFFIX = ".ffpolicy"
-MANIFEST = "manifest.json"
 ONNX = "actor.onnx"
 NPZ = "actor.npz"
-REQUIRED_FIELDS = (
-    "format",
-    "format_version",
-    "task_id",
-    "robot",
-    "control_rate_hz",
-    "observation",
-    "action",
-    "normalization",
-    "actor",
-    "training",
-    "metrics",
-    "command",
-    "files",
-)
-_MAX_MEMBER_BYTES = 256 << 20
 ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "relu": lambda x: np.maximum(x, np.float32(0.0)),
     "tanh": np.tanh,
     "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))).astype(np.float32),
 }
-
-
-class BundleError(ValueError):
-    """A policy bundle that is malformed, tampered with or unsupported; the message says why."""
+Trust = TrustStore | str | Path | None
 
 
 def sha256_hex(data: bytes) -> str:
     """Hex SHA-256 of ``data``."""
+    import hashlib
+
     return hashlib.sha256(data).hexdigest()
 
 
-def pack_bundle(manifest: Mapping[str, Any], members: Mapping[str, bytes]) -> bytes:
+def _manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode()
+
+
+def pack_bundle(
+    manifest: Mapping[str, Any], members: Mapping[str, bytes], secret_key: Any = None
+) -> bytes:
     """The bytes of a bundle: ``manifest`` (its ``files`` filled in here) and the members.
 
     Args:
-        manifest: Every field of ``REQUIRED_FIELDS`` except ``files``.
+        manifest: Every field the manifest schema requires except ``files``.
         members: Member name (``actor.onnx``, ``actor.npz``) -> content.
+        secret_key: An Ed25519 secret key (``signing.load_secret_key``) to sign with, or None
+            for an unsigned bundle.
     """
     files = {
         name: {"bytes": len(data), "sha256": sha256_hex(data)} for name, data in members.items()
     }
-    full = {**manifest, "files": files}
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(MANIFEST, json.dumps(full, indent=2, sort_keys=False) + "\n")
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
+    full = {MANIFEST: _manifest_bytes({**manifest, "files": files}), **members}
+    if secret_key is not None:
+        full[SIGNATURE] = signing.sign_members(full, secret_key)
+    return pack_members(full)
 
 
-def read_bundle(data: bytes, origin: str = "bundle") -> tuple[dict[str, Any], dict[str, bytes]]:
-    """Verify a bundle's bytes; return its manifest and members.
+def sign_bundle(data: bytes, secret_key: Any, origin: str = "bundle") -> bytes:
+    """``data`` (a valid bundle, signed or not) signed with ``secret_key``; members unchanged."""
+    members = _verified_members(data, origin)[1]
+    members.pop(SIGNATURE, None)
+    members[SIGNATURE] = signing.sign_members(members, secret_key)
+    return pack_members(members)
 
-    Raises:
-        BundleError: For anything but a complete, untampered bundle of ``FORMAT_VERSION``.
-    """
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            names = set(zf.namelist())
-            if MANIFEST not in names:
-                raise BundleError(f"{origin} is not a policy bundle: it has no {MANIFEST}")
-            manifest = json.loads(_read_member(zf, MANIFEST).decode("utf-8"))
-            _check_manifest(manifest, origin)
-            members = {}
-            for name in manifest["files"]:
-                if name not in names:
-                    raise BundleError(f"{origin} is incomplete: {name} is missing")
-                members[name] = _read_member(zf, name)
-    except BundleError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
-        raise BundleError(
-            f"{origin} is not a readable policy bundle (truncated or corrupted: {exc})"
-        ) from exc
-    for name, entry in manifest["files"].items():
-        data_ = members[name]
-        if len(data_) != entry.get("bytes") or sha256_hex(data_) != entry.get("sha256"):
-            raise BundleError(
-                f"{origin}: {name} does not match its SHA-256 in {MANIFEST} (tampered or "
-                "corrupted); export the run again"
-            )
+
+def _verified_members(data: bytes, origin: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+    members = unpack(data, origin)
+    manifest = parse_manifest(members[MANIFEST], origin)
+    check_files(manifest, members, origin)
     return manifest, members
 
 
-def _read_member(zf: zipfile.ZipFile, name: str) -> bytes:
-    if zf.getinfo(name).file_size > _MAX_MEMBER_BYTES:
-        raise BundleError(f"bundle member {name} is larger than {_MAX_MEMBER_BYTES} bytes")
-    return zf.read(name)
+def read_bundle(
+    data: bytes, origin: str = "bundle", trust: Trust = None
+) -> tuple[dict[str, Any], dict[str, bytes], Signer | None]:
+    """Verify a bundle's bytes; return its manifest, members and signer (None: unsigned).
 
+    Args:
+        data: The bundle file's bytes.
+        origin: Its name, for messages.
+        trust: The trust store (``TrustStore.resolve``: a folder, ``$FACTORYFLOOR_TRUST``, or
+            the package's own store, which does not require signatures).
 
-def _check_manifest(manifest: Any, origin: str) -> None:
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{origin}: {MANIFEST} is not a JSON object")
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{origin}: format is {manifest.get('format')!r}, not {FORMAT!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(
-            f"{origin}: format_version {manifest.get('format_version')!r} is not supported "
-            f"(this factoryfloor reads {FORMAT_VERSION}); export the run again"
-        )
-    missing = [key for key in REQUIRED_FIELDS if key not in manifest]
-    if missing:
-        raise BundleError(f"{origin}: {MANIFEST} lacks the fields {missing}")
-    if ONNX not in manifest["files"]:
-        raise BundleError(f"{origin}: {MANIFEST} lists no {ONNX}")
-    for key in ("keys", "spaces"):
-        if key not in manifest["observation"]:
-            raise BundleError(f"{origin}: {MANIFEST} observation lacks {key!r}")
-    for key in ("shape", "low", "high"):
-        if key not in manifest["action"]:
-            raise BundleError(f"{origin}: {MANIFEST} action lacks {key!r}")
+    Raises:
+        BundleError: For anything but a complete, untampered bundle of ``FORMAT_VERSION`` that
+            the trust store accepts.
+    """
+    manifest, members = _verified_members(data, origin)
+    try:
+        store = TrustStore.resolve(trust)
+        key_id = signing.verify_members(members, origin) if SIGNATURE in members else None
+        signer = store.judge(key_id, origin)
+    except SigningError as exc:
+        raise BundleError(str(exc)) from None
+    return manifest, members, signer
 
 
 class _OnnxBackend:
@@ -190,8 +176,9 @@ class _OnnxBackend:
                 members[ONNX], options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise BundleError(f"{ONNX} is not a valid ONNX graph: {exc}") from exc
+            raise BundleError(f"{ONNX} is not a valid ONNX graph: {str(exc)[:160]}") from None
         self.keys = list(manifest["observation"]["keys"])
+        _check_graph_io(self.session, manifest)
 
     def run(self, inputs: list[np.ndarray]) -> np.ndarray:
         """Actions ``(batch, *action_shape)`` of float32 inputs, one per observation key."""
@@ -219,8 +206,9 @@ class _NumpyBackend:
             self.norm = [arrays[k] for k in ("norm_mean", "norm_std", "norm_low", "norm_high")]
             n = int(actor["layers"])
             self.layers = [(arrays[f"w{i}"], arrays[f"b{i}"]) for i in range(n)]
-        except (KeyError, ValueError, OSError) as exc:
-            raise BundleError(f"{NPZ} is malformed: {exc}") from exc
+        except (KeyError, ValueError, OSError, EOFError) as exc:
+            raise BundleError(f"{NPZ} is malformed: {str(exc)[:160]}") from None
+        _check_arrays(self.norm, self.layers, manifest)
         self.activation = ACTIVATIONS[actor["activation"]]
         self.squash = actor.get("squash") == "tanh"
         self.clip_output = actor.get("output") == "clip"  # PPO: the mean clipped to the bounds
@@ -247,6 +235,52 @@ class _NumpyBackend:
         return action.astype(np.float32)
 
 
+def _check_graph_io(session: Any, manifest: dict[str, Any]) -> None:
+    """The graph takes one float32 input per observation key and returns ``action``."""
+    spaces = manifest["observation"]["spaces"]
+    inputs = {i.name: i for i in session.get_inputs()}
+    if set(inputs) != set(spaces):
+        raise BundleError(f"{ONNX} takes inputs {sorted(inputs)}, the manifest {sorted(spaces)}")
+    for name, info in inputs.items():
+        if info.type != "tensor(float)" or list(info.shape[1:]) != list(spaces[name]["shape"]):
+            raise BundleError(
+                f"{ONNX} input {name} is {info.type} {info.shape}; the manifest says float32 "
+                f"(batch, {spaces[name]['shape']})"
+            )
+    outputs = [o.name for o in session.get_outputs()]
+    if outputs != ["action"]:
+        raise BundleError(f"{ONNX} returns {outputs}; a bundle's graph returns ['action']")
+
+
+def _check_arrays(
+    norm: list[np.ndarray], layers: list[tuple[np.ndarray, np.ndarray]], manifest: dict[str, Any]
+) -> None:
+    """``actor.npz``'s arrays chain from the observation width to the action width, finite."""
+    spaces = manifest["observation"]["spaces"]
+    width = sum(int(np.prod(spaces[k]["shape"])) for k in manifest["observation"]["keys"])
+    for name, array in zip(("norm_mean", "norm_std", "norm_low", "norm_high"), norm, strict=True):
+        if array.shape != (width,) or array.dtype.kind != "f":
+            raise BundleError(f"{NPZ} {name} is {array.dtype} {array.shape}; expected ({width},)")
+    if not (norm[1] > 0).all():
+        raise BundleError(f"{NPZ} norm_std has entries <= 0 or NaN")
+    for i, (w, b) in enumerate(layers):
+        if w.ndim != 2 or w.shape[0] != width or b.shape != (w.shape[1],):
+            raise BundleError(f"{NPZ} layer {i}: w {w.shape}, b {b.shape} after width {width}")
+        if w.dtype != np.float32 or b.dtype != np.float32:
+            raise BundleError(f"{NPZ} layer {i} is {w.dtype}/{b.dtype}, not float32")
+        width = w.shape[1]
+    if width != int(np.prod(manifest["action"]["shape"])):
+        raise BundleError(f"{NPZ}'s last layer gives {width} values, the action has another size")
+    mean, std, low, high = norm
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and not np.isnan(low).any()):
+        raise BundleError(f"{NPZ} normalisation holds non-finite values")
+    if np.isnan(high).any() or not (low < high).all():
+        raise BundleError(f"{NPZ} normalisation clip bounds are not low < high")
+    for i, (w, b) in enumerate(layers):
+        if not (np.isfinite(w).all() and np.isfinite(b).all()):
+            raise BundleError(f"{NPZ} layer {i} holds non-finite weights")
+
+
 BACKENDS: dict[str, Callable[[dict[str, Any], dict[str, bytes]], Any]] = {
     "onnxruntime": _OnnxBackend,
     "numpy": _NumpyBackend,
@@ -259,12 +293,24 @@ class BundlePolicy:
     Attributes:
         manifest: The verified manifest.
         backend: ``"onnxruntime"`` or ``"numpy"``.
+        signer: Who signed it (key id, and whether the trust store in force holds the key), or
+            None for an unsigned bundle.
     """
 
-    def __init__(self, manifest: dict[str, Any], members: dict[str, bytes], backend: str) -> None:
+    def __init__(
+        self,
+        manifest: dict[str, Any],
+        members: dict[str, bytes],
+        backend: str,
+        signer: Signer | None = None,
+        origin: str = "bundle",
+    ) -> None:
         self.manifest = manifest
-        self._runner = BACKENDS[backend](manifest, members)
-        self.backend = backend
+        try:
+            self._runner = BACKENDS[backend](manifest, members)
+        except BundleError as exc:
+            raise BundleError(f"{origin}: {exc}") from None
+        self.backend, self.signer = backend, signer
         spaces = manifest["observation"]["spaces"]
         self.keys = list(manifest["observation"]["keys"])
         self._shapes = {k: tuple(spaces[k]["shape"]) for k in self.keys}
@@ -276,6 +322,21 @@ class BundlePolicy:
             self._columns.append((slice(start, start + size), self._shapes[key]))
             start += size
         self.obs_size = start
+        self._probe(origin)
+
+    def _probe(self, origin: str) -> None:
+        """One action of an all-zero observation must be finite and within the bounds."""
+        action = self.act_flat(np.zeros((1, self.obs_size), np.float32))
+        low = np.asarray(self.manifest["action"]["low"], np.float32)
+        high = np.asarray(self.manifest["action"]["high"], np.float32)
+        slack = 1e-4 * (high - low)
+        if not np.isfinite(action).all() or (action < low - slack).any() or (
+            action > high + slack
+        ).any():
+            raise BundleError(
+                f"{origin}: its actor's action for a zero observation is {action.ravel()[:8]}, "
+                "not finite within the action bounds (corrupted weights); export the run again"
+            )
 
     @property
     def onnx_session(self) -> Any:
@@ -333,31 +394,39 @@ class BundlePolicy:
         """Start of an episode (the actor is stateless)."""
 
 
-def load_bundle(path: str | Path, backend: str = "auto") -> BundlePolicy:
+def load_bundle(path: str | Path, backend: str = "auto", trust: Trust = None) -> BundlePolicy:
     """Load and verify a ``.ffpolicy`` bundle.
 
     Args:
         path: The bundle file.
         backend: ``"onnxruntime"``, ``"numpy"`` (MLP actors only) or ``"auto"`` (onnxruntime
             when installed, else NumPy).
+        trust: A trust store folder (or ``TrustStore``); None: ``$FACTORYFLOOR_TRUST`` if set,
+            else the package's store. A folder given either way requires a signature by one
+            of its keys; the package's store only marks the signer trusted or not.
 
     Raises:
-        BundleError: For a missing, malformed, tampered or unsupported bundle.
+        BundleError: For a missing, malformed, tampered, unsupported or untrusted bundle.
         ValueError: For an unknown backend.
     """
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"no policy bundle at {path}")
-    return bundle_from_bytes(path.read_bytes(), backend, origin=str(path))
+    size = path.stat().st_size
+    if size > MAX_BUNDLE_BYTES:
+        raise BundleError(f"{path} is {size} bytes; a bundle is at most {MAX_BUNDLE_BYTES}")
+    return bundle_from_bytes(path.read_bytes(), backend, origin=str(path), trust=trust)
 
 
-def bundle_from_bytes(data: bytes, backend: str = "auto", origin: str = "bundle") -> BundlePolicy:
+def bundle_from_bytes(
+    data: bytes, backend: str = "auto", origin: str = "bundle", trust: Trust = None
+) -> BundlePolicy:
     """``load_bundle`` of bytes already in memory (see ``load_bundle``)."""
     if backend not in (*BACKENDS, "auto"):
         raise ValueError(f"unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
-    manifest, members = read_bundle(data, origin)
+    manifest, members, signer = read_bundle(data, origin, trust)
     if backend == "auto":
         import importlib.util
 
         backend = "onnxruntime" if importlib.util.find_spec("onnxruntime") else "numpy"
-    return BundlePolicy(manifest, members, backend)
+    return BundlePolicy(manifest, members, backend, signer, origin)

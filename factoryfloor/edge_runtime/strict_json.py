@@ -31,15 +31,18 @@ class JsonLimitError(ValueError):
     """A JSON payload that breaks the protocol's limits (the message says which)."""
 
 
-def loads(payload: bytes) -> dict[str, Any]:
+def loads(payload: bytes, max_bytes: int = MAX_BYTES) -> dict[str, Any]:
     """The JSON object of ``payload`` within the limits of the module docstring.
+
+    ``max_bytes`` raises the size cap for files that are not handshake payloads (a bundle's
+    manifest); every other limit stays.
 
     Raises:
         JsonLimitError: For anything outside them (size, UTF-8, syntax, depth, duplicate keys,
             number length or range, string length, a top level that is not an object).
     """
-    if len(payload) > MAX_BYTES:
-        raise JsonLimitError(f"JSON of {len(payload)} bytes exceeds {MAX_BYTES}")
+    if len(payload) > max_bytes:
+        raise JsonLimitError(f"JSON of {len(payload)} bytes exceeds {max_bytes}")
     try:
         text = payload.decode("utf-8")
         obj = json.loads(

@@ -177,14 +177,14 @@ def _edit_manifest(edit):
         (_flip_onnx_byte, "actor.onnx does not match its SHA-256"),
         (
             _edit_manifest(lambda m: m.pop("control_rate_hz")),
-            "lacks the fields ['control_rate_hz']",
+            "'control_rate_hz' is a required property",
         ),
         (
             _edit_manifest(lambda m: m.update(format_version=99)),
             "format_version 99 is not supported",
         ),
-        (_edit_manifest(lambda m: m["action"].pop("low")), "action lacks 'low'"),
-        (lambda members: members.pop(bd.NPZ), "incomplete: actor.npz is missing"),
+        (_edit_manifest(lambda m: m["action"].pop("low")), "action: 'low' is a required property"),
+        (lambda members: members.pop(bd.NPZ), "incomplete or padded: missing ['actor.npz']"),
         (lambda members: members.pop(bd.MANIFEST), "has no manifest.json"),
     ],
 )
