@@ -15,9 +15,10 @@ from gymnasium.utils import EzPickle
 from factoryfloor.robots import get_robot_spec
 from factoryfloor.sim.backend import PhysicsConfig, PyBullet
 from factoryfloor.sim.camera import Camera, CameraConfig
+from factoryfloor.sim.env_checks import OBS_MODES, RENDER_MODES, check_env_args, checked_action
 from factoryfloor.sim.registry import task_entry
 from factoryfloor.sim.robot import Arm
-from factoryfloor.sim.tasks.base import REWARD_TYPES, RobotHooks
+from factoryfloor.sim.tasks.base import RobotHooks
 
 # observation key -> units, stated in the policy interface (``edge_runtime.spec``)
 OBS_UNITS = {
@@ -27,7 +28,6 @@ OBS_UNITS = {
     "desired_goal": "m (world frame)",
     "image": "uint8 (H, W, C): RGB 0-255[, depth 0-255 near..far] from the fixed cell camera",
 }
-OBS_MODES = {"state": None, "rgb": 3, "rgbd": 4}  # obs mode -> image channels
 RENDER_SIZE = (480, 360)  # (width, height) of render() frames
 
 
@@ -50,15 +50,21 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         control: "ee" (TCP deltas through IK) or "joints" (joint deltas).
         reward: "sparse" or "dense".
         obs_mode: "state", "rgb" or "rgbd" (adds an ``image`` key from the cell camera).
-        image_size: Side of the square camera observation (pixels).
-        randomize: Domain randomisation of physics and camera (see ``Randomization``).
+        image_size: Side of the square camera observation (pixels, an int in 16..512).
+        randomize: Domain randomisation of physics and camera (see ``Randomization``); a bool.
         render_mode: None, "rgb_array" (480x360 frames) or "human" (pybullet's window).
-        physics: Physics settings (timestep, substeps, solver iterations).
+        physics: Physics settings (timestep, substeps, solver iterations): a ``PhysicsConfig``,
+            or None for the defaults.
         task_options: Keyword arguments of the task, e.g. ``{"belt_speed_m_s": 0.12}`` for
             ConveyorPick (see each task class).
+
+    Raises:
+        ValueError: For a refused argument, before any pybullet world exists: its name, the
+            value and what is allowed (``env_checks.ENV_ARG_CHECKS``). An unknown task or robot
+            name is also a ``KeyError``.
     """
 
-    metadata: dict[str, Any] = {"render_modes": ["human", "rgb_array"], "render_fps": 24}  # noqa: RUF012
+    metadata: dict[str, Any] = {"render_modes": list(RENDER_MODES), "render_fps": 24}  # noqa: RUF012
 
     def __init__(
         self,
@@ -86,13 +92,16 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
             physics,
             task_options,
         )
-        _check_choice("obs_mode", obs_mode, OBS_MODES)
-        _check_choice("render_mode", render_mode, [None, *self.metadata["render_modes"]])
-        _check_choice("reward", reward, REWARD_TYPES)
-        self.task_entry = task_entry(task)  # KeyErrors list the choices
+        check_env_args(
+            {
+                "task": task, "robot": robot, "control": control, "reward": reward,
+                "obs_mode": obs_mode, "image_size": image_size, "randomize": randomize,
+                "render_mode": render_mode, "physics": physics, "task_options": task_options,
+            }
+        )  # fmt: skip
+        self.task_entry = task_entry(task)
         spec, task_cls = get_robot_spec(robot), self.task_entry.load_task_class()
-        _check_choice("control", control, spec.control_modes)
-        self.obs_mode, self.image_size, self.render_mode = obs_mode, image_size, render_mode
+        self.obs_mode, self.image_size, self.render_mode = obs_mode, int(image_size), render_mode
         self.sim = PyBullet("gui" if render_mode == "human" else "direct", physics)
         try:
             self.robot = Arm(
@@ -104,7 +113,8 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
                 lowpoly=obs_mode != "state",
             )
             hooks = RobotHooks(self.robot.tcp_position, self.robot.gripper_opening)
-            self.task = task_cls(self.sim, hooks, reward, randomize, **(task_options or {}))
+            options = task_options or {}
+            self.task = task_cls(self.sim, hooks, reward, bool(randomize), **options)
         except BaseException:
             self.sim.close()  # a refused construction leaves no pybullet world behind
             raise
@@ -167,14 +177,13 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
     def step(
         self, action: np.ndarray
     ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        """Apply an action for one control step; terminates on success."""
-        if not isinstance(action, np.ndarray):
-            action = np.asarray(action, dtype=np.float32)
-        if action.shape != self._action_shape:
-            raise ValueError(
-                f"action must have shape {self.action_space.shape}, got {action.shape}"
-            )
-        self.robot.set_action(action)
+        """Apply an action for one control step; terminates on success.
+
+        Raises:
+            ValueError: For an action that is not finite real numbers of the action space's
+                shape, before anything reaches the physics: the env is as it was.
+        """
+        self.robot.set_action(checked_action(action, self._action_shape))
         self.sim.step()
         self.robot.measure()
         self.task.after_step()
@@ -236,8 +245,3 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
     def close(self) -> None:
         """Disconnect from pybullet; safe to call more than once."""
         self.sim.close()
-
-
-def _check_choice(what: str, value: object, choices: Any) -> None:
-    if value not in choices:
-        raise ValueError(f"{what}={value!r} is not supported; choose one of {list(choices)}")
