@@ -21,6 +21,15 @@ def count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def key_id(text: str) -> str:
+    """A publisher key id: 16 lowercase hex digits (``factoryfloor bundle verify`` prints it)."""
+    if len(text) != 16 or any(c not in "0123456789abcdef" for c in text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a key id (16 hex digits, e.g. 85c1a877a48b64fd)"
+        )
+    return text
+
+
 def task_id(text: str) -> str:
     """An argparse type: a registered factoryfloor env id."""
     from factoryfloor.sim.registry import ENV_IDS

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from factoryfloor.cli._args import add_robot, add_task, count
+from factoryfloor.cli._args import add_robot, add_task, count, key_id
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -52,6 +52,15 @@ def _serve_args(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--max-action-age-ms", type=float, default=50.0, help="sent in WELCOME")
     serve.add_argument("--ready-file", type=Path, help="write the bound endpoint here when ready")
     serve.add_argument(
+        "--trust", type=Path,
+        help="trust store folder of publisher .pub files: serve only bundles signed by one of "
+        "them (default: $FACTORYFLOOR_TRUST, else the package's release key)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--allow-unsigned", action="store_true",
+        help="serve an unsigned or untrusted bundle on a non-loopback --bind (not for a robot)",
+    )  # fmt: skip
+    serve.add_argument(
         "--rt-priority", type=int,
         help="serve under SCHED_FIFO at this priority, below the controllers' (1-99; needs "
         "CAP_SYS_NICE)",
@@ -74,6 +83,10 @@ def _sim_args(sim: argparse.ArgumentParser) -> None:
     sim.add_argument("--json", action="store_true", help="print the full report as JSON")
     sim.add_argument("--report-every", type=float, default=5.0, help="seconds between reports")
     sim.add_argument("--metrics-jsonl", type=Path, help="append the periodic reports here")
+    sim.add_argument(
+        "--publisher", type=key_id,
+        help="accept only a bundle signed by this publisher key id (factoryfloor bundle verify)",
+    )  # fmt: skip
 
 
 def _keygen_args(keygen: argparse.ArgumentParser) -> None:
@@ -102,7 +115,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     )  # fmt: skip
     config = ServerConfig(bind=args.bind, max_action_age_ms=args.max_action_age_ms)
     job = ServerJob(policy=args.policy, task=args.task, robot=args.robot, config=config,
-                    options=options)  # fmt: skip
+                    options=options, trust=args.trust,
+                    allow_unsigned=args.allow_unsigned)  # fmt: skip
     return serve_policy(job)
 
 
@@ -130,6 +144,7 @@ def _run_edge_sim(args: argparse.Namespace) -> int:
     report = run_sim(
         args.task, args.connect, args.episodes, args.robot, args.seed,
         args.hold_window_ms / 1e3, client, args.report_every, on_report, args.rt_priority,
+        publisher=args.publisher,
     )  # fmt: skip
     if args.metrics_jsonl is not None:
         on_report(report)

@@ -66,6 +66,8 @@ __all__ = [
     "FORMAT_VERSION",
     "BundleError",
     "BundlePolicy",
+    "Signer",
+    "TrustStore",
     "bundle_from_bytes",
     "load_bundle",
     "pack_bundle",
@@ -330,9 +332,11 @@ class BundlePolicy:
         low = np.asarray(self.manifest["action"]["low"], np.float32)
         high = np.asarray(self.manifest["action"]["high"], np.float32)
         slack = 1e-4 * (high - low)
-        if not np.isfinite(action).all() or (action < low - slack).any() or (
-            action > high + slack
-        ).any():
+        if (
+            not np.isfinite(action).all()
+            or (action < low - slack).any()
+            or (action > high + slack).any()
+        ):
             raise BundleError(
                 f"{origin}: its actor's action for a zero observation is {action.ravel()[:8]}, "
                 "not finite within the action bounds (corrupted weights); export the run again"

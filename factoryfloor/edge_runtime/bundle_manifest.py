@@ -30,7 +30,7 @@ _MAX_FLOATS = 1 << 20  # observation floats per robot
 def _validator() -> Any:
     from jsonschema import Draft202012Validator
 
-    text = (files("factoryfloor.edge_runtime") / "schemas" / "bundle_manifest.schema.json")
+    text = files("factoryfloor.edge_runtime") / "schemas" / "bundle_manifest.schema.json"
     return Draft202012Validator(json.loads(text.read_text()))
 
 

@@ -85,11 +85,14 @@ class EdgeClient:
         self.session_closed = ""  # why the server closed the session (SESSION_CLOSED), if it did
         self._nonfinite: np.ndarray | None = None  # a NaN/Inf answer, if no finite one came
 
-    def handshake(self, hello: dict[str, Any], timeout_s: float = 2.0) -> dict[str, Any]:
+    def handshake(
+        self, hello: dict[str, Any], timeout_s: float = 2.0, publisher: str | None = None
+    ) -> dict[str, Any]:
         """Send HELLO, return WELCOME's JSON; a new session replaces any previous one.
 
         A WELCOME that does not match the HELLO (task, robot, rate, specs, a pinned model, its
-        session id or action age) is refused like an ERROR: nothing is sent on that session.
+        session id or action age), or whose bundle is not signed by ``publisher`` (a key id,
+        when given), is refused like an ERROR: nothing is sent on that session.
 
         Raises:
             HandshakeError: On an ERROR answer (its code and text), a WELCOME this side
@@ -112,7 +115,7 @@ class EdgeClient:
                 name = p.ErrorCode(code).name if known else str(code)
                 raise HandshakeError(f"server refused HELLO: {name}: {text}", code)
             if msg.type is p.MsgType.WELCOME:
-                return self._accept_welcome(msg, hello)
+                return self._accept_welcome(msg, hello, publisher)
         raise HandshakeError(self._silence_reason(timeout_s))
 
     def _silence_reason(self, timeout_s: float) -> str:
@@ -140,7 +143,9 @@ class EdgeClient:
             return f"the security handshake with {self.endpoint} failed: check both sides' --keys"
         return f"no WELCOME from {self.endpoint} within {timeout_s} s: is the server running?"
 
-    def _accept_welcome(self, msg: p.Message, hello: dict[str, Any]) -> dict[str, Any]:
+    def _accept_welcome(
+        self, msg: p.Message, hello: dict[str, Any], publisher: str | None = None
+    ) -> dict[str, Any]:
         """Take the session only if WELCOME matches the HELLO (``session_check``)."""
         ours = PolicySpec(
             task_id=hello["task_id"], robot=hello["robot"],
@@ -149,7 +154,7 @@ class EdgeClient:
         )  # fmt: skip
         try:
             welcome = p.decode_json(msg.payload)
-            check_welcome(welcome, msg.session_id, ours, hello.get("model_sha256"))
+            check_welcome(welcome, msg.session_id, ours, hello.get("model_sha256"), publisher)
         except p.ProtocolError as exc:
             self.metrics.count("welcomes_refused")
             raise HandshakeError(

@@ -111,6 +111,7 @@ class ControllerRuntime:
         client: A connected ``EdgeClient``.
         hold_window_s: Hold window (s).
         model_sha256: Model the controller was certified with (None: accept the server's).
+        publisher: Key id of the only publisher whose signed bundles it runs (None: any).
         max_change: Rate limit per action component and cycle (None: the robot's limits,
             ``SafetyConfig.for_robot``, when ``factoryfloor.robots`` has the robot and the
             description names its control mode; else only the action limits apply).
@@ -135,8 +136,10 @@ class ControllerRuntime:
         loop_rate_hz: float | None = None,
         rt_priority: int | None = None,
         limit_acceleration: bool = False,
+        publisher: str | None = None,
     ) -> None:
         self.controller, self.client = controller, client
+        self.publisher = publisher
         desc = controller.description
         self.rate_hz = loop_rate_hz or desc.control_rate_hz
         self.safety = SafetyLayer(
@@ -163,7 +166,7 @@ class ControllerRuntime:
 
     def rearm(self) -> dict[str, Any]:
         """Leave FAULT and open a new session (raises ``HandshakeError`` when refused)."""
-        welcome = self.client.handshake(self.hello())
+        welcome = self.client.handshake(self.hello(), publisher=self.publisher)
         self.safety.rearm(time.monotonic())
         self.last_fresh_s = self.standstill_at_s = self._began_s = None
         self.loop = FixedRateLoop(self.rate_hz)

@@ -12,6 +12,7 @@ action rows that its hot path reads and writes in place. A bundle gets ``RowInfe
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
@@ -40,7 +41,8 @@ class BundleServedPolicy:
 
     def __init__(self, bundle: BundlePolicy) -> None:
         self.bundle = bundle
-        self.spec = PolicySpec.from_manifest(bundle.manifest)
+        publisher = bundle.signer.key_id if bundle.signer is not None else ""
+        self.spec = replace(PolicySpec.from_manifest(bundle.manifest), publisher=publisher)
         # the first inference initialises onnxruntime's kernels (tens of ms): not on a robot's clock
         self.act_batch([0], np.zeros((1, self.spec.obs_size), np.float32))
 

@@ -151,6 +151,7 @@ class SessionRules:
             "action": spec.action,
             "schema_sha256": spec.schema_sha256,
             "model_sha256": spec.model_sha256,
+            "publisher": spec.publisher or None,
             "control_rate_hz": spec.control_rate_hz,
             "max_action_age_ms": cfg.max_action_age_ms,
             "session_timeout_s": cfg.session_timeout_s,

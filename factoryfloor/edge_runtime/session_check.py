@@ -121,7 +121,11 @@ def _check_schema(hello: dict[str, Any], spec: PolicySpec) -> None:
 
 
 def check_welcome(
-    welcome: dict[str, Any], header_session: int, spec: PolicySpec, pinned_model: str | None
+    welcome: dict[str, Any],
+    header_session: int,
+    spec: PolicySpec,
+    pinned_model: str | None,
+    pinned_publisher: str | None = None,
 ) -> None:
     """Refuse a WELCOME that does not match what the controller asked for.
 
@@ -130,6 +134,7 @@ def check_welcome(
         header_session: The WELCOME frame's header ``session_id``.
         spec: The controller's own interface (what it sent in HELLO).
         pinned_model: The model the controller was certified with, or None.
+        pinned_publisher: The key id of the only publisher whose bundles it accepts, or None.
 
     Raises:
         ProtocolError: Saying what the server got wrong (the client turns it into a
@@ -157,6 +162,12 @@ def check_welcome(
             p.ErrorCode.MODEL_MISMATCH,
             f"the server reports model {welcome['model_sha256'][:16]}..., this controller is "
             f"pinned to {pinned_model[:16]}...",
+        )
+    if pinned_publisher is not None and welcome.get("publisher") != pinned_publisher:
+        raise p.ProtocolError(
+            p.ErrorCode.MODEL_MISMATCH,
+            f"the server's bundle is signed by {welcome.get('publisher') or 'nobody'}, this "
+            f"controller accepts only publisher {pinned_publisher}",
         )
 
 

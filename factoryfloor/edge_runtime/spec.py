@@ -79,6 +79,9 @@ class PolicySpec:
         control: The robot's control mode the actions command (``"ee"`` or ``"joints"``), or
             ``""`` when unknown; the controller's default rate limits come from it. Not part
             of the handshake (the specs' limits and the robot name are).
+        publisher: Key id of the publisher who signed the served bundle (``signing.py``), or
+            ``""`` for an unsigned bundle or a policy that is not one; WELCOME states it so
+            that a controller can pin the publisher as well as the model.
     """
 
     task_id: str
@@ -88,6 +91,7 @@ class PolicySpec:
     action: list[Field]
     model_sha256: str = ""
     control: str = ""
+    publisher: str = ""
 
     @cached_property
     def obs_size(self) -> int:

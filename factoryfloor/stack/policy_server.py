@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from factoryfloor.edge_runtime.auth import SecurityError, is_loopback
 from factoryfloor.edge_runtime.bundle import load_bundle
 from factoryfloor.edge_runtime.protocol import EdgeError
 from factoryfloor.edge_runtime.realtime import set_realtime_priority
@@ -27,11 +28,19 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 
 
-def served_policy(policy: str, task: str | None = None, robot: str = "panda") -> ServedPolicy:
+def served_policy(
+    policy: str, task: str | None = None, robot: str = "panda", trust: str | Path | None = None
+) -> ServedPolicy:
     """What the server serves for ``policy``: a ``.ffpolicy`` path, or ``expert`` (needs ``task``).
 
+    Args:
+        policy: A bundle path or ``expert``.
+        task: Task of ``expert``.
+        robot: Robot of ``expert``.
+        trust: Trust store folder for the bundle (``bundle.load_bundle``).
+
     Raises:
-        BundleError: For a missing, malformed or tampered bundle (one line, says why).
+        BundleError: For a missing, malformed, tampered or untrusted bundle (one line).
         ValueError: For ``expert`` without a task.
     """
     if policy == "expert":
@@ -40,7 +49,29 @@ def served_policy(policy: str, task: str | None = None, robot: str = "panda") ->
         if not task:
             raise ValueError("--policy expert needs --task, e.g. --task factoryfloor/PickPlace-v0")
         return ExpertServedPolicy(task, robot)
-    return BundleServedPolicy(load_bundle(policy))
+    return BundleServedPolicy(load_bundle(policy, trust=trust))
+
+
+def check_publisher(served: ServedPolicy, bind: str, allow_unsigned: bool) -> None:
+    """Refuse to serve a bundle no trusted publisher signed on a non-loopback endpoint.
+
+    On loopback (a test, a demo on one machine) anything loads; a robot's network gets only a
+    bundle whose signature the trust store accepts, unless ``allow_unsigned`` says otherwise.
+
+    Raises:
+        SecurityError: Saying how to sign the bundle or trust its publisher.
+    """
+    if allow_unsigned or is_loopback(bind) or not isinstance(served, BundleServedPolicy):
+        return
+    signer = served.bundle.signer
+    if signer is not None and signer.trusted:
+        return
+    what = "is not signed" if signer is None else f"is signed by {signer.key_id}, not trusted"
+    raise SecurityError(
+        f"refusing to serve a bundle that {what} on {bind}: sign it with `factoryfloor bundle "
+        "sign BUNDLE --key KEY` and put the publisher's .pub in --trust DIR (or "
+        "FACTORYFLOOR_TRUST); --allow-unsigned serves it anyway"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +86,9 @@ class ServerJob:
         options: Serving options (keys, metrics, ready file).
         rt_priority: Serve from a ``SCHED_FIFO`` thread at this priority (None: default
             scheduler); the ZeroMQ I/O thread created after it inherits it.
+        trust: Trust store folder of publisher keys (None: ``$FACTORYFLOOR_TRUST``, else the
+            package's).
+        allow_unsigned: Serve an unsigned or untrusted bundle on a non-loopback bind.
     """
 
     policy: str
@@ -63,6 +97,8 @@ class ServerJob:
     config: ServerConfig = field(default_factory=ServerConfig)
     options: ServeOptions = field(default_factory=ServeOptions)
     rt_priority: int | None = None
+    trust: str | Path | None = None
+    allow_unsigned: bool = False
 
 
 def serve_policy(job: ServerJob) -> int:
@@ -73,7 +109,9 @@ def serve_policy(job: ServerJob) -> int:
     """
     if job.rt_priority is not None:
         set_realtime_priority(job.rt_priority)
-    return serve(served_policy(job.policy, job.task, job.robot), job.config, job.options)
+    served = served_policy(job.policy, job.task, job.robot, job.trust)
+    check_publisher(served, job.config.bind, job.allow_unsigned)
+    return serve(served, job.config, job.options)
 
 
 def _child(job: ServerJob, log_path: str) -> None:

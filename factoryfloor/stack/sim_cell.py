@@ -164,6 +164,7 @@ def run_sim(
     on_report: Callable[[dict[str, Any]], None] | None = None,
     rt_priority: int | None = None,
     max_change: np.ndarray | None = None,
+    publisher: str | None = None,
 ) -> dict[str, Any]:
     """Run ``episodes`` episodes of ``task_id`` in real time against the server at ``connect``.
 
@@ -180,6 +181,7 @@ def run_sim(
         rt_priority: ``SCHED_FIFO`` priority of the control loop (None: default scheduler).
         max_change: Rate limit per action component and cycle (None: the robot's limits,
             ``SafetyConfig.for_robot``; the action range turns it off).
+        publisher: Accept only a bundle signed by this publisher key id (None: any).
 
     Returns:
         The runtime report as a dict, with the episodes' results.
@@ -189,7 +191,7 @@ def run_sim(
     try:
         runtime = ControllerRuntime(
             controller, client, hold_window_s, name=f"sim-{robot}", rt_priority=rt_priority,
-            max_change=max_change,
+            max_change=max_change, publisher=publisher,
         )  # fmt: skip
         welcome = runtime.rearm()
         forward = (lambda r: on_report(asdict(r))) if on_report is not None else None
