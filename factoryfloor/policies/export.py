@@ -28,8 +28,9 @@ import factoryfloor  # registers the envs
 from factoryfloor.edge_runtime import bundle as bd
 from factoryfloor.edge_runtime.spec import manifest_sections, space_fields
 from factoryfloor.policies import checkpoint as ckpt
+from factoryfloor.policies.model_files import load_model
 from factoryfloor.policies.rollout import run_episode
-from factoryfloor.policies.train import algorithm_class
+from factoryfloor.policies.run_files import load_vecnormalize
 from factoryfloor.policies.train_config import TrainConfig
 from factoryfloor.sim.env import OBS_UNITS
 
@@ -42,6 +43,10 @@ CLIPPED_MEAN = ("ppo",)  # the Gaussian mean in action units, clipped to the bou
 EXPORTABLE = (*SQUASHED_MEAN, *DIRECT_ACTOR, *CLIPPED_MEAN)
 ACTIVATION_NAMES = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.ELU: "elu"}
 _SMALL_BUFFER = {"buffer_size": 1}
+
+
+# the bundles export makes are checked as files, whatever trust store the environment names
+UNTRUSTING = bd.TrustStore()
 
 
 class ExportError(ValueError):
@@ -100,6 +105,9 @@ def load_run_model(
 ) -> tuple[BaseAlgorithm, VecNormalize | None, TrainConfig, ckpt.Checkpoint]:
     """The SB3 model and VecNormalize of a run's ``best`` or ``last`` checkpoint (CPU).
 
+    Nothing of the run folder is unpickled (``model_files.load_model``, ``run_files``): a run
+    folder received from someone else can be exported or evaluated.
+
     Raises:
         ExportError: When ``run`` is not a run folder.
         CheckpointError: When the checkpoint is missing or corrupted.
@@ -112,18 +120,13 @@ def load_run_model(
     checkpoint = ckpt.read_checkpoint(run / "checkpoints" / which)
     venv = DummyVecEnv([lambda: gym.make(cfg.task, **cfg.make_kwargs())])
     vecnorm = None
-    if "vecnormalize" in checkpoint.paths:
-        vecnorm = ckpt.load_file(
-            checkpoint, "vecnormalize", lambda p: VecNormalize.load(str(p), venv)
-        )
-        vecnorm.training = False
-    cls = algorithm_class(cfg.algo)
     try:  # HER models need an env to load; the replay buffer is not needed
-        model = ckpt.load_file(
-            checkpoint,
-            "model",
-            lambda p: cls.load(p, env=vecnorm or venv, device="cpu", custom_objects=_SMALL_BUFFER),
-        )
+        if "vecnormalize" in checkpoint.paths:
+            vecnorm = ckpt.load_file(
+                checkpoint, "vecnormalize", lambda p: load_vecnormalize(p, venv)
+            )
+            vecnorm.training = False
+        model = load_model(checkpoint, cfg, vecnorm or venv, "cpu", **_SMALL_BUFFER)
     finally:
         venv.close()
     return model, vecnorm, cfg, checkpoint
@@ -269,8 +272,15 @@ def measure_parity(
     return float(np.max(np.abs(policy.act_batch(obs) - expected)))
 
 
-def export_run(run: Path, out: Path, which: str = "best") -> dict[str, Any]:
+def export_run(run: Path, out: Path, which: str = "best", secret_key: Any = None) -> dict[str, Any]:
     """Export ``run``'s ``which`` checkpoint to the bundle ``out``; return its manifest.
+
+    Args:
+        run: The run folder.
+        out: The bundle to write.
+        which: ``best`` or ``last``.
+        secret_key: A publisher's Ed25519 secret key (``signing.load_secret_key``) to sign the
+            bundle with, or None for an unsigned bundle.
 
     Raises:
         ExportError: For an unsupported run or a failed parity check (no file is left).
@@ -291,7 +301,8 @@ def export_run(run: Path, out: Path, which: str = "best") -> dict[str, Any]:
     diffs = {}
     for backend in ("onnxruntime", "numpy") if arrays else ("onnxruntime",):
         data = bd.pack_bundle(manifest, members)
-        diffs[backend] = measure_parity(model, vecnorm, bd.bundle_from_bytes(data, backend), obs)
+        loaded = bd.bundle_from_bytes(data, backend, trust=UNTRUSTING)
+        diffs[backend] = measure_parity(model, vecnorm, loaded, obs)
     worst = max(diffs.values())
     if not worst <= PARITY_TOLERANCE:
         raise ExportError(
@@ -303,12 +314,28 @@ def export_run(run: Path, out: Path, which: str = "best") -> dict[str, Any]:
         "tolerance": PARITY_TOLERANCE,
         "max_abs_diff": diffs,
     }
-    data = bd.pack_bundle(manifest, members)
-    bd.bundle_from_bytes(data, "auto")  # the final bytes verify
+    data = bd.pack_bundle(manifest, members, secret_key)
+    final = bd.bundle_from_bytes(data, "auto", trust=UNTRUSTING)  # the final bytes verify
+    signer = final.signer.key_id if final.signer is not None else None
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write(out, lambda p: p.write_bytes(data))
-    result: dict[str, Any] = json.loads(json.dumps({**manifest, "bytes": len(data)}))
+    result: dict[str, Any] = json.loads(
+        json.dumps({**manifest, "bytes": len(data), "signer": signer})
+    )
     return result
+
+
+def _read_provenance(path: Path) -> dict[str, Any]:
+    """The run's ``environment.json`` (versions and machine), checked to be a JSON object."""
+    try:
+        provenance = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ExportError(
+            f"{path} cannot be read ({str(exc)[:120]}); train the run again"
+        ) from None
+    if not isinstance(provenance, dict):
+        raise ExportError(f"{path} is not a JSON object; train the run again")
+    return provenance
 
 
 def build_manifest(
@@ -330,8 +357,8 @@ def build_manifest(
     finally:
         env.close()
     observation, action = space_fields(model.observation_space, model.action_space, OBS_UNITS)
-    evaluations = (run / "evaluations.jsonl").read_text(encoding="utf-8").splitlines()
-    provenance = json.loads((run / "environment.json").read_text(encoding="utf-8"))
+    evaluations, _ = ckpt.read_evaluations(run)
+    provenance = _read_provenance(run / "environment.json")
     return {
         "format": bd.FORMAT,
         "format_version": bd.FORMAT_VERSION,
@@ -354,7 +381,7 @@ def build_manifest(
             "checkpoint": checkpoint.folder.name,
             "num_timesteps": checkpoint.num_timesteps,
             "checkpoint_evaluation": checkpoint.manifest.get("evaluation"),
-            "last_evaluation": json.loads(evaluations[-1]) if evaluations else None,
+            "last_evaluation": evaluations[-1] if evaluations else None,
         },
         "command": {
             "train": provenance.get("command"),

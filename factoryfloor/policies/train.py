@@ -8,10 +8,16 @@
     checkpoints/last/    model, optimiser, replay buffer, VecNormalize, random states
     checkpoints/best/    model and VecNormalize of the best evaluation so far
     tensorboard/         TensorBoard logs (or TENSORBOARD_SKIPPED.txt)
+    evaluations.superseded.jsonl   evaluations redone after a resume (kept, never deleted)
 
-Checkpoints are written atomically (see ``factoryfloor.policies.checkpoint``). ``resume=True``
-continues the run from ``checkpoints/last``. SIGINT or SIGTERM stops training cleanly at the next
-env step and writes ``checkpoints/last`` first; a second SIGINT aborts at once. With
+Checkpoints are written atomically (see ``factoryfloor.policies.checkpoint``), and hold no pickle
+(``factoryfloor.policies.run_files``, ``factoryfloor.policies.model_files``): a run folder from
+elsewhere is checked, never executed. ``resume=True`` continues the run from ``checkpoints/last``.
+A run stopped before its first "last" checkpoint (a kill) resumes from ``checkpoints/best`` when
+there is one, without the replay buffer and random states that only "last" holds; with no
+checkpoint at all, training into the same folder without ``resume`` starts it over. SIGINT or
+SIGTERM stops training cleanly at the next env step and writes ``checkpoints/last`` first; a
+second SIGINT aborts at once. With
 ``cfg.demos`` (or ``cfg.demo_episodes``, recorded into ``demos/`` of the run folder), a new
 run's replay buffer is seeded with the demonstrations first (``factoryfloor.policies.demos``) and,
 with ``cfg.bc_epochs``, its actor is cloned from them (``factoryfloor.policies.bc``, summary in
@@ -20,7 +26,6 @@ with ``cfg.bc_epochs``, its actor is cloned from them (``factoryfloor.policies.b
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import inspect
 import json
@@ -38,19 +43,26 @@ import numpy as np
 import torch
 from stable_baselines3 import HerReplayBuffer
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
 from factoryfloor.policies import checkpoint as ckpt
+from factoryfloor.policies import run_files as rf
+from factoryfloor.policies.model_files import (
+    algorithm_class,
+    hyperparameters,
+    load_model,
+    policy_name,
+)
 from factoryfloor.policies.provenance import write_environment
 from factoryfloor.policies.train_callback import RunCallback, evaluate_model, stop_on_signals
-from factoryfloor.policies.train_config import ALGORITHMS, ConfigError, TrainConfig, run_folder
+from factoryfloor.policies.train_config import ConfigError, TrainConfig, run_folder
 
-__all__ = ["evaluate_model", "resolve_device", "run_folder", "run_summary", "train"]
-
-PIP_NAMES = {"stable_baselines3": "stable-baselines3", "sb3_contrib": "sb3-contrib"}
+__all__ = [
+    "algorithm_class", "evaluate_model", "resolve_device", "run_folder", "run_summary", "train",
+]  # fmt: skip
 
 
 def resolve_device(device: str) -> str:
@@ -74,8 +86,10 @@ def train(
     the success rate to Ray Tune).
 
     Raises:
-        ConfigError: For settings that cannot work (the message says how to fix them).
-        CheckpointError: When ``resume`` finds no usable checkpoint.
+        ConfigError: For settings that cannot work (the message says how to fix them), or a
+            folder holding a run that this would overwrite.
+        CheckpointError: When ``resume`` finds no usable checkpoint, or the run folder is
+            corrupted (the message names the file).
     """
     start = time.perf_counter()
     run_dir = run_folder(cfg)
@@ -99,9 +113,9 @@ def train(
         else:
             try:
                 model, venv = _load_last(cfg, last, venv, device, tb_dir)
+                ckpt.supersede_evaluations_after(run_dir, last.num_timesteps)
             except ckpt.CheckpointError as exc:
                 raise ckpt.CheckpointError(f"cannot resume {run_dir}: {exc}") from exc
-            _drop_evaluations_after(run_dir, last.num_timesteps)
         ckpt.atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
         write_environment(run_dir, device, resumed=last is not None)
         callback = RunCallback(cfg, run_dir, eval_env, last, start)
@@ -129,31 +143,59 @@ def train(
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """Manifest of the run's last checkpoint and its latest evaluation (for the CLI)."""
     manifest = ckpt.read_checkpoint(run_dir / "checkpoints" / "last").manifest
-    lines = (run_dir / "evaluations.jsonl").read_text().splitlines()
-    return {**manifest, "last_evaluation": json.loads(lines[-1]) if lines else None}
+    records, _ = ckpt.read_evaluations(run_dir)
+    return {**manifest, "last_evaluation": records[-1] if records else None}
 
 
 def _check_run_folder(run_dir: Path, resume: bool) -> ckpt.Checkpoint | None:
+    """The checkpoint to resume, or None to start the run; refuses to overwrite a run.
+
+    A run stopped before its first "last" checkpoint resumes from ``checkpoints/best`` when
+    that holds one (a note says so); with no checkpoint at all it cannot be resumed, and
+    training into it without ``resume`` starts it over (evaluations kept aside).
+    """
+    last, best = run_dir / "checkpoints" / "last", run_dir / "checkpoints" / "best"
+    has_last, has_best = (last / ckpt.MANIFEST).is_file(), (best / ckpt.MANIFEST).is_file()
     if not resume:
-        if (run_dir / "config.yaml").exists():
+        if not (run_dir / "config.yaml").exists():
+            return None
+        if has_last:
             raise ConfigError(
                 f"{run_dir} already holds a run; pass --resume to continue it, or choose "
                 "another --out folder"
             )
+        if has_best:
+            try:
+                found = f"holds the model of step {ckpt.read_checkpoint(best).num_timesteps}"
+                fix = f"pass --resume to continue from it, or delete {best} to start over"
+            except ckpt.CheckpointError as exc:
+                found, fix = f"is unusable ({exc})", f"delete {best} to start the run over"
+            raise ConfigError(
+                f"{run_dir} holds a run stopped before its first checkpoints/last; its "
+                f"checkpoints/best {found}: {fix}, or choose another --out folder"
+            )
+        ckpt.notice(
+            f"starting {run_dir} over: it holds no checkpoint (its training stopped before "
+            "the first one)"
+        )
+        ckpt.supersede_evaluations_after(run_dir, -1)
         return None
     try:
-        return ckpt.read_checkpoint(run_dir / "checkpoints" / "last")
+        if not has_last and not has_best:
+            raise ckpt.CheckpointError(
+                f"it holds no checkpoint (its training stopped before the first one: no {last} "
+                f"or {best}); start it over in place: the same command without --resume"
+            )
+        checkpoint = ckpt.read_checkpoint(last if has_last else best)
     except ckpt.CheckpointError as exc:
         raise ckpt.CheckpointError(f"cannot resume {run_dir}: {exc}") from exc
-
-
-def _drop_evaluations_after(run_dir: Path, num_timesteps: int) -> None:
-    """Keep the evaluations up to the resumed checkpoint (later ones are about to be redone)."""
-    path = run_dir / "evaluations.jsonl"
-    if path.is_file():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        kept = [ln for ln in lines if ln and json.loads(ln)["num_timesteps"] <= num_timesteps]
-        ckpt.atomic_write_text(path, "".join(f"{ln}\n" for ln in kept))
+    if not has_last:
+        ckpt.notice(
+            f"{last} was never written (the training stopped before it): resuming from {best}, "
+            f"step {checkpoint.num_timesteps}: its model, optimiser and normalisation, with a "
+            "new replay buffer and random states"
+        )
+    return checkpoint
 
 
 def _make_training_envs(cfg: TrainConfig) -> VecEnv:
@@ -191,30 +233,16 @@ def _make_eval_env(cfg: TrainConfig) -> gym.Env[Any, Any]:
         raise ConfigError(f"env_kwargs={cfg.env_kwargs} not accepted by {cfg.task}: {exc}") from exc
 
 
-def algorithm_class(algo: str) -> type[BaseAlgorithm]:
-    """The SB3 class of ``algo``; a clear error names the package to install when missing."""
-    module, name, _ = ALGORITHMS[algo]
-    try:
-        return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
-    except ImportError as exc:
-        pkg = PIP_NAMES.get(module, module)
-        raise ConfigError(
-            f"algo {algo!r} needs the {pkg} package: pip install {pkg} "
-            "(or pip install 'factoryfloor[train]')"
-        ) from exc
-
-
 def _build_model(cfg: TrainConfig, venv: VecEnv, device: str, tb_dir: Path | None) -> BaseAlgorithm:
     cls = algorithm_class(cfg.algo)
-    dict_obs = isinstance(venv.observation_space, gym.spaces.Dict)
     kwargs: dict[str, Any] = {
-        "policy": "MultiInputPolicy" if dict_obs else "MlpPolicy",
+        "policy": policy_name(venv),
         "env": venv,
         "seed": cfg.seed,
         "device": device,
         "verbose": cfg.verbose,
         "tensorboard_log": str(tb_dir) if tb_dir else None,
-        **_hyperparameters(cfg, venv),
+        **hyperparameters(cfg, venv),
     }
     clash = sorted(set(kwargs) & set(cfg.algo_kwargs))
     if clash:
@@ -228,64 +256,42 @@ def _build_model(cfg: TrainConfig, venv: VecEnv, device: str, tb_dir: Path | Non
         raise ConfigError(f"cannot build {cls.__name__} from this config: {exc}") from exc
 
 
-def _hyperparameters(cfg: TrainConfig, venv: VecEnv) -> dict[str, Any]:
-    """Constructor arguments of the algorithm taken from the config's fields."""
-    kwargs: dict[str, Any] = {
-        "learning_rate": cfg.learning_rate,
-        "batch_size": cfg.batch_size,
-        "gamma": cfg.gamma,
-        "policy_kwargs": {"net_arch": list(cfg.net_arch), **cfg.policy_kwargs},
-    }
-    if not cfg.off_policy:
-        return kwargs
-    kwargs.update(
-        buffer_size=cfg.buffer_size,
-        learning_starts=cfg.learning_starts,
-        train_freq=cfg.train_freq,
-        gradient_steps=cfg.gradient_steps,
-        tau=cfg.tau,
-    )
-    if cfg.action_noise_std > 0:
-        space = venv.action_space
-        assert isinstance(space, gym.spaces.Box)
-        half_range = (space.high - space.low) / 2.0
-        kwargs["action_noise"] = NormalActionNoise(
-            np.zeros_like(half_range), cfg.action_noise_std * half_range
-        )
-    if cfg.her:
-        kwargs["replay_buffer_class"] = HerReplayBuffer
-        kwargs["replay_buffer_kwargs"] = {
-            "n_sampled_goal": cfg.her_n_sampled_goal,
-            "goal_selection_strategy": cfg.her_goal_selection,
-        }
-    return kwargs
-
-
 def _load_last(
     cfg: TrainConfig, last: ckpt.Checkpoint, venv: VecEnv, device: str, tb_dir: Path | None
 ) -> tuple[BaseAlgorithm, VecEnv]:
-    """Model, optimiser, replay buffer, normalisation and random states of a checkpoint."""
+    """Model, optimiser, replay buffer, normalisation and random states of a checkpoint.
+
+    A "best" checkpoint has no replay buffer or random states: the model collects
+    ``learning_starts`` fresh env steps before its next update, from the generators seeded as
+    SB3 seeds a loaded model.
+    """
     if "vecnormalize" in last.paths:
-        venv = ckpt.load_file(last, "vecnormalize", lambda p: VecNormalize.load(str(p), venv))
-    cls = algorithm_class(cfg.algo)
-    tb = str(tb_dir) if tb_dir else None
-    model = ckpt.load_file(
-        last, "model", lambda p: cls.load(p, env=venv, device=device, tensorboard_log=tb)
-    )
+        venv = ckpt.load_file(last, "vecnormalize", lambda p: rf.load_vecnormalize(p, venv))
+    model = load_model(last, cfg, venv, device, tensorboard_log=str(tb_dir) if tb_dir else None)
     if "replay_buffer" in last.paths:
-        ckpt.load_file(last, "replay_buffer", _load_replay_buffer(model))
+        assert isinstance(model, OffPolicyAlgorithm)
+        buffer = model.replay_buffer
+        assert buffer is not None
+        ckpt.load_file(last, "replay_buffer", lambda p: rf.restore_replay_buffer(p, buffer))
+        _end_last_episode(buffer)
     elif cfg.off_policy:  # saved without it: collect afresh before the next update
         model.learning_starts = model.num_timesteps + cfg.learning_starts
-    rng = ckpt.load_file(last, "rng", ckpt.unpickle)
-    ckpt.set_global_rng_state(rng["global"])
-    model.action_space._np_random = rng["action_space"]
+    rng = ckpt.load_file(last, "rng", rf.read_rng) if last.folder.name == "last" else None
+    if rng is not None:
+        if len(rng.envs) != venv.num_envs:
+            raise ckpt.CheckpointError(
+                f"{last.paths['rng']} holds {len(rng.envs)} env generators, but the run has "
+                f"{venv.num_envs} envs; restore the run folder from a backup"
+            )
+        rf.set_global_rng_state(rng.global_states)
+        model.action_space._np_random = rng.action_space
     # ``load`` re-seeded the envs: take that seeded reset, then restore the saved generators
     # and start a fresh episode from them.
     vecnorm = model.get_vec_normalize_env()
     if vecnorm is not None:
         vecnorm.training = False
     venv.reset()
-    for i, generator in enumerate(rng["envs"]):
+    for i, generator in enumerate(rng.envs if rng is not None else []):
         venv.set_attr("np_random", generator, indices=[i])
     model._last_obs = venv.reset()
     model._last_episode_starts = np.ones(venv.num_envs, dtype=bool)
@@ -295,32 +301,22 @@ def _load_last(
     return model, venv
 
 
-def _load_replay_buffer(model: BaseAlgorithm) -> Callable[[Path], None]:
-    """A loader of a saved replay buffer into ``model`` that ends its unfinished episode.
+def _end_last_episode(buffer: ReplayBuffer) -> None:
+    """End the unfinished episode of a restored HER buffer (``truncate_last_trajectory``).
 
     A checkpoint is usually written mid-episode, and ``_load_last`` never continues that
     episode: it starts fresh ones from the saved generators. So the buffer's last trajectory
-    must be truncated (``truncate_last_traj=True``: its last transition is marked done, and a
-    time-out so that it still bootstraps), else HER would join it to the next episode when
-    relabelling goals. SB3 warns that it truncates ("If you are in the same episode ...");
-    here that is the intent, so only that message is silenced, for this call only.
-
-    Args:
-        model: The off-policy model being resumed.
-
-    Returns:
-        A ``load(path)`` for ``ckpt.load_file``.
+    must be truncated (its last transition is marked done, and a time-out so that it still
+    bootstraps), else HER would join it to the next episode when relabelling goals. SB3 warns
+    that it truncates ("If you are in the same episode ..."); here that is the intent, so only
+    that message is silenced, for this call only.
     """
-    assert isinstance(model, OffPolicyAlgorithm)
-
-    def load(path: Path) -> None:
+    if isinstance(buffer, HerReplayBuffer):
         with warnings.catch_warnings():
             warnings.filterwarnings(
                 "ignore", message="The last trajectory in the replay buffer will be truncated"
             )
-            model.load_replay_buffer(path, truncate_last_traj=True)
-
-    return load
+            buffer.truncate_last_trajectory()
 
 
 def _record_run_demos(cfg: TrainConfig, run_dir: Path) -> Path:

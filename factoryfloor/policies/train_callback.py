@@ -18,6 +18,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 from factoryfloor.policies import checkpoint as ckpt
+from factoryfloor.policies import run_files as rf
 from factoryfloor.policies.rollout import run_episode
 from factoryfloor.policies.train_config import TrainConfig
 
@@ -29,7 +30,8 @@ class RunCallback(BaseCallback):
         cfg: The run's config.
         run_dir: The run folder.
         eval_env: A single (not vectorised) env for evaluation episodes.
-        last: The checkpoint being resumed, or None for a new run.
+        last: The checkpoint being resumed (a "best" one when "last" was never written), or
+            None for a new run.
         start: ``time.perf_counter()`` when this session started (s).
     """
 
@@ -44,14 +46,18 @@ class RunCallback(BaseCallback):
         super().__init__()
         self.cfg, self.run_dir, self.eval_env, self.start = cfg, run_dir, eval_env, start
         meta = last.manifest if last is not None else {}
-        self.time_before_s = float(meta.get("wall_time_s", 0.0))
-        self.eval_time_s = float(meta.get("eval_wall_time_s", 0.0))
-        best_return = meta.get("best_mean_return")
+        # a "best" checkpoint: the times, score and step are those of its evaluation
+        evaluation = meta.get("evaluation", {})
+        self.time_before_s = float(meta.get("wall_time_s", evaluation.get("wall_time_s", 0.0)))
+        self.eval_time_s = float(
+            meta.get("eval_wall_time_s", evaluation.get("eval_wall_time_s", 0.0))
+        )
+        best_return = meta.get("best_mean_return", evaluation.get("mean_return"))
         self.best = (
-            meta.get("best_success_rate", -1.0),
+            meta.get("best_success_rate", evaluation.get("success_rate", -1.0)),
             -np.inf if best_return is None else best_return,
         )
-        self.last_eval_step = int(meta.get("last_eval_step", -1))
+        self.last_eval_step = int(meta.get("last_eval_step", evaluation.get("num_timesteps", -1)))
         self.stop: StopRequest | None = None
         self.next_eval = self.next_ckpt = 0
         self.evaluate_at_start = False
@@ -147,21 +153,19 @@ class RunCallback(BaseCallback):
         return record
 
     def _writers(self, full: bool) -> dict[str, tuple[str, ckpt.Writer]]:
+        """Role -> (suffix, writer) of a checkpoint; ``full``: all that ``--resume`` needs."""
         writers: dict[str, tuple[str, ckpt.Writer]] = {"model": (".zip", self.model.save)}
         vecnorm = self.model.get_vec_normalize_env()
         if vecnorm is not None:
-            writers["vecnormalize"] = (".pkl", lambda path: vecnorm.save(str(path)))
+            writers["vecnormalize"] = (".json", rf.vecnormalize_writer(vecnorm))
         if full and self.cfg.off_policy and self.cfg.save_replay_buffer:
-            writers["replay_buffer"] = (".pkl", self.model.save_replay_buffer)  # type: ignore[attr-defined]
+            buffer = self.model.replay_buffer  # type: ignore[attr-defined]
+            writers["replay_buffer"] = (".npz", rf.replay_buffer_writer(buffer))
         if full:
             env = self.model.get_env()
             assert env is not None
-            rng = {
-                "global": ckpt.global_rng_state(),
-                "action_space": self.model.action_space.np_random,
-                "envs": env.get_attr("np_random"),
-            }
-            writers["rng"] = (".pkl", ckpt.pickle_writer(rng))
+            rng = rf.rng_writer(self.model.action_space.np_random, env.get_attr("np_random"))
+            writers["rng"] = (".json", rng)
         return writers
 
     def _meta(self) -> dict[str, Any]:

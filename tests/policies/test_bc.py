@@ -140,6 +140,7 @@ def test_training_stops_when_the_wall_time_budget_is_spent(tmp_path):
 
 def test_normalisation_stays_that_of_the_demonstrations_after_cloning(tmp_path):
     from factoryfloor.policies import checkpoint as ckpt
+    from factoryfloor.policies import run_files
 
     run = tmp_path / "run"
     overrides = {
@@ -149,7 +150,7 @@ def test_normalisation_stays_that_of_the_demonstrations_after_cloning(tmp_path):
     }  # fmt: skip
     train(load_config(REACH, "sac", None, overrides))
     last = ckpt.read_checkpoint(run / "checkpoints" / "last")
-    vecnorm = ckpt.unpickle(last.paths["vecnormalize"])
+    vecnorm = run_files.read_vecnormalize(last.paths["vecnormalize"])
     demos = load_demos(run / "demos")
     steps = sum(len(ep["obs/observation"]) for ep in demos.episodes)
     # statistics from the demonstrations' observations only, not the 300 steps trained

@@ -22,6 +22,7 @@ from stable_baselines3.common.save_util import load_from_zip_file
 
 from factoryfloor.cli import main
 from factoryfloor.policies import checkpoint as ckpt
+from factoryfloor.policies import run_files
 from factoryfloor.policies.train import algorithm_class, resolve_device, train
 from factoryfloor.policies.train_config import (
     ConfigError,
@@ -64,8 +65,9 @@ def evaluations(run: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run / "evaluations.jsonl").read_text().splitlines()]
 
 
-def replay_buffer(run: Path):
-    return ckpt.unpickle(ckpt.read_checkpoint(run / "checkpoints" / "last").paths["replay_buffer"])
+def replay_buffer(run: Path) -> run_files.ReplayBufferFile:
+    path = ckpt.read_checkpoint(run / "checkpoints" / "last").paths["replay_buffer"]
+    return run_files.read_replay_buffer(path)
 
 
 def buffer_size_of(run: Path) -> int:
@@ -238,7 +240,7 @@ def test_same_seed_gives_identical_weights_and_actions(tmp_path):
     actions = []  # every action taken in training, random ones first, then the policy's
     for run in runs:
         buffer = replay_buffer(run)
-        actions.append(buffer.actions[: buffer.size()])
+        actions.append(buffer.arrays["actions"][: buffer.size()])
     assert len(actions[0]) == 200
     np.testing.assert_array_equal(actions[0], actions[1])
     assert not np.array_equal(actions[0], actions[2])  # and the seed matters
