@@ -28,13 +28,21 @@ Each ``episode_NNNNN.npz`` holds, for an episode of ``T`` env steps:
 ``robot``, ``env_kwargs`` (the keyword arguments of ``gymnasium.make``), ``observation_space``
 (``[{"name", "shape", "dtype", "units"}]``) and ``action_space`` (``{"name", "shape", "dtype",
 "low", "high", "units"}``), the fields of ``factoryfloor.edge_runtime.spec.space_fields``,
-``episodes`` (a list of ``{"file", "seed", "length", "success", "return"}``),
-``total_transitions``, ``only_successful``, ``attempts`` (episodes run, counting the failed ones
-that were skipped), ``factoryfloor_version`` and ``command`` (the command line that wrote it).
+``episodes`` (a list of ``{"file", "seed", "length", "success", "return", "sha256"}``, the
+last the SHA-256 of the episode file), ``total_transitions``, ``only_successful``, ``attempts``
+(episodes run, counting the failed ones that were skipped), ``factoryfloor_version``, ``command``
+(the command line that wrote it) and ``index_sha256`` (``demos_checks.index_digest``: the SHA-256
+of the other fields). Folders recorded before the hashes existed have neither, and still load.
+
+``load_demos`` trusts nothing: ``demos_checks`` validates the whole folder (schema, counts,
+hashes, every array's dtype, shape and finiteness) and refuses any damage with a ``DemosError``
+that names the file; ``train --demos`` checks the folder before any env or model is built.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import shlex
 import sys
@@ -47,17 +55,18 @@ import numpy as np
 
 from factoryfloor.edge_runtime.spec import space_fields
 from factoryfloor.policies.atomic import atomic_write_stream
+from factoryfloor.policies.demos_checks import (  # noqa: F401  (re-exported: the format's names)
+    ARRAYS,
+    FORMAT,
+    FORMAT_VERSION,
+    INDEX,
+    DemosError,
+    index_digest,
+    read_episode,
+    read_index,
+)
 from factoryfloor.policies.progress import Progress
 from factoryfloor.policies.rollout import Episode, run_episode
-
-FORMAT = "factoryfloor-demos"
-FORMAT_VERSION = 2  # 2: spaces as edge_runtime.spec fields (1: {key: {shape, dtype}})
-INDEX = "demos.json"
-ARRAYS = ("actions", "rewards", "terminated", "truncated", "is_success")
-
-
-class DemosError(ValueError):
-    """A demonstration folder that is missing, malformed or made for another env."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +160,7 @@ def record_demos(
         "factoryfloor_version": _version(),
         "command": command if command is not None else shlex.join(sys.argv),
     }
+    index["index_sha256"] = index_digest(index)
     text = json.dumps(index, indent=1) + "\n"
     atomic_write_stream(out / INDEX, lambda f: f.write(text.encode("utf-8")))
     return index
@@ -190,11 +200,14 @@ def _record(
 def _write_episode(out: Path, number: int, episode: Episode) -> dict[str, Any]:
     """Write one episode's ``.npz`` atomically; its index entry."""
     name = f"episode_{number:05d}.npz"
-    arrays = episode.arrays()
-    atomic_write_stream(out / name, lambda f: np.savez_compressed(f, **arrays))
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **episode.arrays())
+    data = buffer.getvalue()
+    atomic_write_stream(out / name, lambda f: f.write(data))
     return {
         "file": name, "seed": episode.seed, "length": episode.length,
         "success": episode.success, "return": episode.total_return,
+        "sha256": hashlib.sha256(data).hexdigest(),
     }  # fmt: skip
 
 
@@ -210,65 +223,23 @@ def _version() -> str:
 def load_demos(folder: Path | str, env_id: str | None = None) -> Demos:
     """Read and validate a demonstration folder (no pickle is ever loaded).
 
+    Every field of the index, every array's dtype and shape, the counts and the checksums are
+    checked, and every float is finite, before anything is used: a damaged folder is refused.
+
     Args:
         folder: Folder written by ``record_demos``.
         env_id: When given, the env id the demonstrations must have been recorded on.
 
     Raises:
-        DemosError: When the folder is incomplete, of another format version, recorded on another
-            env, or an episode's arrays do not have the shapes of the index.
+        DemosError: Naming the file, what is wrong with it and how to fix it.
     """
     folder = Path(folder)
-    path = folder / INDEX
-    if not path.is_file():
+    index = read_index(folder)
+    if env_id is not None and index["env_id"] != env_id:
         raise DemosError(
-            f"{folder} holds no demonstrations (no {INDEX}); record them with "
-            "`factoryfloor demos record TASK --episodes N --out DIR`"
+            f"demonstrations in {folder} were recorded on {index['env_id']!r}, not {env_id!r}"
         )
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DemosError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise DemosError(f"{path} is not a factoryfloor demonstrations index")
-    if index.get("format_version") != FORMAT_VERSION:
-        raise DemosError(
-            f"{path} has format version {index.get('format_version')!r}; this factoryfloor "
-            f"reads version {FORMAT_VERSION}: record the demonstrations again"
-        )
-    if env_id is not None and index.get("env_id") != env_id:
-        raise DemosError(
-            f"demonstrations in {folder} were recorded on {index.get('env_id')!r}, not {env_id!r}"
-        )
-    try:
-        obs_spec = index["observation_space"]
-        act_shape = tuple(index["action_space"]["shape"])
-        episodes = [_load_episode(folder, e, obs_spec, act_shape) for e in index["episodes"]]
-    except (KeyError, TypeError) as exc:
-        raise DemosError(f"{path} is missing field {exc}; record the demonstrations again") from exc
-    if not episodes:
-        raise DemosError(f"{path} lists no episodes")
-    return Demos(folder, index, episodes)
-
-
-def _load_episode(
-    folder: Path, entry: dict[str, Any], obs_spec: list[dict[str, Any]], act_shape: tuple[int, ...]
-) -> dict[str, np.ndarray]:
-    path = folder / entry["file"]
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise DemosError(f"cannot read episode {path}: {exc}") from exc
-    length = int(entry["length"])
-    expected = {f"obs/{f['name']}": (length + 1, *f["shape"]) for f in obs_spec}
-    expected["actions"] = (length, *act_shape)
-    expected.update({k: (length,) for k in ARRAYS if k != "actions"})
-    for key, shape in expected.items():
-        got = arrays[key].shape if key in arrays else None
-        if got != shape:
-            raise DemosError(f"{path}: {key} has shape {got}, expected {shape} (from {INDEX})")
-    return arrays
+    return Demos(folder, index, [read_episode(folder, e, index) for e in index["episodes"]])
 
 
 def check_compatible(demos: Demos, env: gym.Env[Any, Any], robot: str) -> None:

@@ -9,6 +9,8 @@ A config is resolved in layers, each overriding the one before:
 4. explicit overrides (the command line's ``--timesteps``, ``--seed``, ...).
 
 YAML files are only serialised ``TrainConfig`` instances: the same field names, nothing else.
+Every value is checked where it enters (``train_config_checks``: types, ranges, YAML size and
+depth; and, when a run starts, CPUs and memory), and each refusal names the file it came from.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from factoryfloor.robots import robot_names
+from factoryfloor.policies import train_config_checks as checks
+from factoryfloor.policies.train_config_checks import ConfigError
 from factoryfloor.sim.registry import BY_ENV_ID, TaskEntry
 
 # algo -> (module, class, off-policy). A registry, read by validation and by ``train``.
@@ -37,11 +40,6 @@ HER_STRATEGIES = ("future", "final", "episode")
 RESUME_OVERRIDES = frozenset(
     {"timesteps", "device", "progress_bar", "verbose", "out", "target_success", "max_wall_time_s"}
 )
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-
-
-class ConfigError(ValueError):
-    """A config value or file that cannot be used; the message says how to fix it."""
 
 
 @dataclass(kw_only=True)
@@ -156,61 +154,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for f, hint in typing.get_type_hints(TrainConfig).items():
-            setattr(self, f, _coerce(f, getattr(self, f), hint))
-        if self.her is None:
-            self.her = (
-                self.algo in ALGORITHMS and self.off_policy and task_name(self.task) is not None
-            )
-        for name, ok, fix in self._checks():
-            if not ok:
-                raise ConfigError(f"{name}={getattr(self, name)!r} is not valid: {fix}")
-        self._check_task()
-
-    def _checks(self) -> list[tuple[str, bool, str]]:
-        """(field, condition, how to fix) for every range check."""
+            setattr(self, f, checks.coerce(f, getattr(self, f), hint))
         off_policy = ALGORITHMS.get(self.algo, ("", "", True))[2]
-        return [
-            ("algo", self.algo in ALGORITHMS, f"choose one of {sorted(ALGORITHMS)}"),
-            ("robot", self.robot in robot_names(), f"choose one of {robot_names()}"),
-            ("env_kwargs", "robot" not in self.env_kwargs, "set the robot field, not env_kwargs"),
-            ("timesteps", self.timesteps >= 1, "give a training budget >= 1 env step"),
-            ("n_envs", self.n_envs >= 1, "use 1 (in-process) or more (subprocesses)"),
-            ("seed", 0 <= self.seed < 2**32 - 1024, "use a seed in [0, 2**32 - 1024)"),
-            ("device", bool(_DEVICE.match(self.device)), "use auto, cpu, cuda, cuda:N or mps"),
-            ("net_arch", bool(self.net_arch) and min(self.net_arch) >= 1, "e.g. [64, 64]"),
-            ("learning_rate", 0 < self.learning_rate < 1, "use a small positive rate, e.g. 1e-3"),
-            ("batch_size", self.batch_size >= 1, "use a positive batch size, e.g. 256"),
-            ("gamma", 0 < self.gamma <= 1, "use a discount in (0, 1], e.g. 0.95"),
-            ("her", off_policy or not self.her, "set her: false for on-policy algorithms (ppo)"),
-            ("her_n_sampled_goal", self.her_n_sampled_goal >= 1, "use >= 1, e.g. 4"),
-            ("her_goal_selection", self.her_goal_selection in HER_STRATEGIES, str(HER_STRATEGIES)),
-            ("buffer_size", self.buffer_size >= self.batch_size, "use >= batch_size"),
-            ("learning_starts", self.learning_starts >= 0, "use >= 0 env steps"),
-            ("train_freq", self.train_freq >= 1, "use >= 1 vectorised env step"),
-            ("gradient_steps", self.gradient_steps >= 1 or self.gradient_steps == -1, ">= 1, -1"),
-            ("tau", 0 < self.tau <= 1, "use a coefficient in (0, 1], e.g. 0.05"),
-            ("action_noise_std", self.action_noise_std >= 0, "use >= 0 (0: no noise)"),
-            ("eval_every_steps", self.eval_every_steps >= 1, "use >= 1 env step"),
-            ("eval_episodes", self.eval_episodes >= 1, "use >= 1 episode, e.g. 50"),
-            ("eval_seed", self.eval_seed >= 0, "use a seed >= 0"),
-            ("checkpoint_every_steps", self.checkpoint_every_steps >= 0, "use >= 0 (0: at end)"),
-            ("torch_threads", self.torch_threads >= 0, "use >= 0 (0: torch's default)"),
-            ("verbose", self.verbose in (0, 1, 2), "use 0, 1 or 2"),
-            ("demos", off_policy or not self.demos, "demos seed a replay buffer: sac, td3, tqc"),
-            ("demo_episodes", self.demo_episodes >= 0, "use >= 0 episodes (0: none)"),
-            ("demo_episodes", off_policy or not self.demo_episodes, "use sac, td3 or tqc"),
-            ("bc_epochs", self.bc_epochs >= 0, "use >= 0 epochs (0: no behaviour cloning)"),
-            (
-                "bc_epochs",
-                not self.bc_epochs or bool(self.demos or self.demo_episodes),
-                "behaviour cloning needs demonstrations: set demos or demo_episodes",
-            ),
-            ("bc_batch_size", self.bc_batch_size >= 1, "use a positive batch size, e.g. 256"),
-            ("bc_learning_rate", 0 < self.bc_learning_rate < 1, "use e.g. 1e-3"),
-            ("envs_per_actor", self.envs_per_actor >= 1, "use >= 1 environment per actor"),
-            ("target_success", 0 <= self.target_success <= 1, "use a rate in [0, 1] (0: never)"),
-            ("max_wall_time_s", self.max_wall_time_s >= 0, "use >= 0 seconds (0: no limit)"),
-        ]
+        if self.her is None:
+            self.her = self.algo in ALGORITHMS and off_policy and task_name(self.task) is not None
+        checks.check_ranges(self)
+        for name, ok, fix in checks.rules(self, off_policy, sorted(ALGORITHMS), HER_STRATEGIES):
+            if not ok:
+                value = checks.show(getattr(self, name))
+                raise ConfigError(f"{name}={value} is not valid: {fix}", name)
+        self._check_task()
 
     def _check_task(self) -> None:
         import gymnasium as gym
@@ -219,7 +172,10 @@ class TrainConfig:
 
         if self.task not in gym.registry:
             ours = sorted(k for k in gym.registry if k.startswith("factoryfloor/"))
-            raise ConfigError(f"task={self.task!r} is not a registered env id; use one of {ours}")
+            raise ConfigError(
+                f"task={checks.show(self.task)} is not a registered env id; use one of {ours}",
+                "task",
+            )
         max_steps = gym.registry[self.task].max_episode_steps or 0
         needed = max_steps * self.n_envs
         with_demos = bool(self.demos or self.demo_episodes)
@@ -227,7 +183,8 @@ class TrainConfig:
             raise ConfigError(
                 f"learning_starts={self.learning_starts} is too small: HER samples only finished "
                 f"episodes ({max_steps} steps x {self.n_envs} envs); "
-                f"set learning_starts >= {needed}"
+                f"set learning_starts >= {needed}",
+                "learning_starts",
             )
 
     def make_kwargs(self) -> dict[str, Any]:
@@ -249,28 +206,35 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: Path | str, **overrides: Any) -> TrainConfig:
-        """Load a complete config file (e.g. a run's ``config.yaml``), then apply ``overrides``."""
-        return cls(**{**read_yaml(Path(path)), **overrides})
+        """Load a complete config file (e.g. a run's ``config.yaml``), then apply ``overrides``.
+
+        Raises:
+            ConfigError: Naming ``path`` (or the override) when a value is refused.
+        """
+        data = read_yaml(Path(path))
+        try:
+            return cls(**{**data, **overrides})
+        except ConfigError as exc:
+            where = "given as an override" if exc.field in overrides else f"in {path}"
+            raise ConfigError(f"{exc} ({where})", exc.field) from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """The fields of a config file, checked against ``TrainConfig``'s field names.
 
     Raises:
-        ConfigError: When the file is missing, is not a YAML mapping or has unknown keys.
+        ConfigError: When the file is missing, huge, nested too deep, empty, not a YAML mapping
+            or has unknown keys.
     """
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of field: value")
+    data = checks.read_yaml_file(path)
     names = [f.name for f in fields(TrainConfig)]
     for key in data:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"unknown field {key!r} in {path}; {hint}valid fields: {names}")
+            raise ConfigError(
+                f"unknown field {checks.show(key)} in {path}; {hint}valid fields: {names}"
+            )
     return data
 
 
@@ -302,12 +266,31 @@ def load_config(
         overrides: Field values that win over every file (None values are ignored).
     """
     user = read_yaml(config_file) if config_file is not None else {}
+    if "task" in user and user["task"] != task:
+        raise ConfigError(
+            f"{config_file} has task: {checks.show(user['task'])}, but the command line asks for "
+            f"{task!r}; remove task: from the file or train {checks.show(user['task'])}"
+        )
     entry = BY_ENV_ID.get(task)
     algo = algo or user.get("algo") or (entry.default_algo if entry else "sac")
-    shipped = shipped_config(entry, algo) if entry else None
+    known = isinstance(algo, str) and algo in ALGORITHMS  # (a file name is made from it)
+    shipped = shipped_config(entry, algo) if entry and known else None
     base = read_yaml(shipped) if shipped else {}
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    return TrainConfig(**{**base, **user, **given, "task": task, "algo": algo})
+    layers = {"the command-line options": given, f"{config_file}": user, f"{shipped}": base}
+    try:
+        cfg = TrainConfig(**{**base, **user, **given, "task": task, "algo": algo})
+        checks.check_resources(cfg, cfg.off_policy)
+    except ConfigError as exc:
+        where = next((k for k, v in layers.items() if exc.field in v), None)
+        files = [str(p) for p in (shipped, config_file) if p is not None] or ["defaults only"]
+        source = f"set in {where}" if where else f"config: {' + '.join(files)}"
+        raise ConfigError(f"{exc} ({source})", exc.field) from None
+    if cfg.demos:  # refuse unusable demonstrations before any env or model is built
+        from factoryfloor.policies.demos import load_demos
+
+        load_demos(cfg.demos, env_id=cfg.task)
+    return cfg
 
 
 def resume_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -329,40 +312,12 @@ def resume_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> Tra
             f"cannot change {changed} when resuming (the run's config.yaml is used); only "
             f"{sorted(RESUME_OVERRIDES)} may change, or start a new run in another --out folder"
         )
-    return replace(cfg, **{k: v for k, v in given.items() if k in RESUME_OVERRIDES})
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """``value`` as the annotated type, or a ConfigError that says what was expected."""
-    args = typing.get_args(hint)
-    if type(None) in args:
-        if value is None:
-            return None
-        hint = next(a for a in args if a is not type(None))
-    origin = typing.get_origin(hint) or hint
-    if origin is bool and isinstance(value, bool):
-        return value
-    if origin is int and _is_number(value) and float(value).is_integer():
-        return int(value)
-    if origin is float and _is_number(value):
-        return float(value)
-    if origin is str and isinstance(value, str | Path):
-        return str(value)
-    if origin is list and isinstance(value, list | tuple) and all(_is_int(v) for v in value):
-        return [int(v) for v in value]
-    if origin is dict and isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return dict(value)
-    kind = getattr(origin, "__name__", str(origin))
-    extra = " (YAML reads 1e5 as text: write 100000 or 1.0e+5)" if isinstance(value, str) else ""
-    raise ConfigError(f"{name} must be {kind}, got {value!r} ({type(value).__name__}){extra}")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return _is_number(value) and float(value).is_integer()
+    cfg = replace(cfg, **{k: v for k, v in given.items() if k in RESUME_OVERRIDES})
+    try:
+        checks.check_resources(cfg, cfg.off_policy)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (config: {path})", exc.field) from None
+    return cfg
 
 
 def run_folder(cfg: TrainConfig) -> Path:

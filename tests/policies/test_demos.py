@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from factoryfloor.policies import checkpoint as ckpt
-from factoryfloor.policies.demos import DemosError, load_demos, record_demos
+from factoryfloor.policies import run_files
+from factoryfloor.policies.demos import DemosError, index_digest, load_demos, record_demos
 from factoryfloor.policies.train import train
 from factoryfloor.policies.train_config import ConfigError, TrainConfig, load_config
 
@@ -32,7 +33,7 @@ TINY = {
 def buffer_size_of(run: Path) -> int:
     """Transitions in the run's saved replay buffer (``size()`` rows of ``n_envs``)."""
     last = ckpt.read_checkpoint(run / "checkpoints" / "last")
-    buffer = ckpt.unpickle(last.paths["replay_buffer"])
+    buffer = run_files.read_replay_buffer(last.paths["replay_buffer"])
     return int(buffer.size() * buffer.n_envs)
 
 
@@ -83,17 +84,22 @@ def test_wrong_env_incomplete_and_corrupt_demos_are_refused(reach_demos, tmp_pat
         load_demos(bad)
     index["episodes"][0]["length"] += 1
     (bad / "demos.json").write_text(json.dumps(index))
+    with pytest.raises(DemosError, match=r"damaged: its contents do not match its index_sha256"):
+        load_demos(bad)
+    index["total_transitions"] += 1  # a consistent index (re-signed) over the same files
+    index["index_sha256"] = index_digest(index)
+    (bad / "demos.json").write_text(json.dumps(index))
     with pytest.raises(DemosError, match=r"has shape .*expected"):
         load_demos(bad)
 
 
 def test_train_with_demos_for_another_env_is_refused(tmp_path, reach_demos):
-    cfg = load_config(
-        "factoryfloor/PickPlace-v0", "sac", None,
-        {**TINY, "learning_starts": 600, "timesteps": 1, "out": str(tmp_path / "run"),
-         "demos": str(reach_demos), "net_arch": [8], "batch_size": 8},
-    )  # fmt: skip
-    with pytest.raises(DemosError, match="recorded on"):
+    fields = {**TINY, "learning_starts": 600, "timesteps": 1, "out": str(tmp_path / "run"),
+              "demos": str(reach_demos), "net_arch": [8], "batch_size": 8}  # fmt: skip
+    with pytest.raises(DemosError, match="recorded on"):  # refused before any env is built
+        load_config("factoryfloor/PickPlace-v0", "sac", None, fields)
+    cfg = TrainConfig(task="factoryfloor/PickPlace-v0", algo="sac", **fields)
+    with pytest.raises(DemosError, match="recorded on"):  # and by train itself
         train(cfg)
     with pytest.raises(ConfigError, match="demos"):
         TrainConfig(task=REACH, algo="ppo", demos=str(reach_demos))
