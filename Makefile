@@ -13,7 +13,7 @@ LOG_TAIL = { tail -n 40 $(LOG); echo "make: $(1) failed; the whole log is $(LOG)
 EXTRAS ?= sim,train,edge,ray,dev,bench
 PYTEST_ARGS ?= -m "not slow and not gui and not hardware" -n 2
 
-.PHONY: demo test test-all lint format bench bench-train bench-edge bench-edge-slow c-controller browser clean
+.PHONY: demo test test-all lint format bench bench-train bench-edge bench-edge-slow bench-trust c-controller browser clean
 
 # pip's output (setuptools' editable-install warning box included) goes to $(LOG): one line
 # per step here, the log's tail on failure.
@@ -78,6 +78,10 @@ bench-edge: $(STAMP)
 bench-edge-slow: $(STAMP)
 	$(PY) benchmarks/edge_latency.py --rt-priority 80 --pin --hog 3 \
 		--out bench_results/edge_latency_slow.json
+
+# signed bundles: export/load/serve signed vs unsigned, and 1,200 corrupted bundles loaded
+bench-trust: $(STAMP)
+	$(PY) benchmarks/bundle_trust.py --out bench_results/bundle_trust.json
 
 c-controller: $(STAMP)
 	$(PY) examples/c_controller/build.py build/ffep_controller

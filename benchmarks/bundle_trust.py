@@ -8,8 +8,9 @@ noisy), and the corruption corpus of ``tests/bundle_corpus.py``:
 * load: ``load_bundle`` of each shipped bundle, signed with a trust store and the same bundle
   with the signature stripped, interleaved, median of 50 (a load verifies the signature once).
 * serve: one ``RowInference.run`` (the server's inference on preallocated rows) of the loaded
-  signed and unsigned bundles, median over 20,000 calls; the target is a ratio <= 1.05 (serving
-  does not touch the signature).
+  signed and unsigned bundles, 30 interleaved windows of 1,000 calls each, the best window of
+  each (the median is in the JSON); the target is a ratio <= 1.05 (serving does not touch the
+  signature: the two run the same code on the same graph).
 * corpus: ``--corpus`` corrupted copies of each shipped bundle and of a freshly exported signed
   one, loaded against a trust store: counts of refused / loaded-unchanged / loaded-changed per
   kind, exceptions other than ``BundleError`` (target 0), loaded-changed (target 0), and the
@@ -99,7 +100,7 @@ def load_and_serve(path: Path, store: signing.TrustStore) -> dict[str, float]:
     for row in rows.values():
         row.obs[:] = np.random.default_rng(0).normal(size=row.obs.shape)
         row.run([0])
-    for _ in range(20):  # interleaved windows of 1,000 calls
+    for _ in range(30):  # interleaved windows of 1,000 calls; the best window of each counts
         for name, row in rows.items():
             t = time.perf_counter()
             for _ in range(1000):
@@ -108,8 +109,10 @@ def load_and_serve(path: Path, store: signing.TrustStore) -> dict[str, float]:
     return {
         "load_signed_ms": statistics.median(loads["signed"]) * 1e3,
         "load_unsigned_ms": statistics.median(loads["unsigned"]) * 1e3,
-        "serve_signed_us": statistics.median(serve["signed"]) * 1e6,
-        "serve_unsigned_us": statistics.median(serve["unsigned"]) * 1e6,
+        "serve_signed_us": min(serve["signed"]) * 1e6,
+        "serve_unsigned_us": min(serve["unsigned"]) * 1e6,
+        "serve_signed_median_us": statistics.median(serve["signed"]) * 1e6,
+        "serve_unsigned_median_us": statistics.median(serve["unsigned"]) * 1e6,
     }
 
 
