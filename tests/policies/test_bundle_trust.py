@@ -166,6 +166,9 @@ def test_shipped_bundles_are_signed_by_the_release_key():
         assert signer is not None and signer.trusted and signer.key_id in release.keys
 
 
+PEM_SECRET = b"PRIVATE" + b" KEY-----"  # split, so that this file does not hold the marker
+
+
 def test_no_secret_key_is_in_the_repository():
     repo = Path(__file__).resolve().parents[2]
     listed = subprocess.run(
@@ -178,7 +181,7 @@ def test_no_secret_key_is_in_the_repository():
         if path.suffix in (".key", ".key_secret"):
             pytest.fail(f"{name}: a secret key file is committed")
         if path.is_file() and path.stat().st_size < 1 << 20:
-            assert b"PRIVATE KEY-----" not in path.read_bytes(), name
+            assert PEM_SECRET not in path.read_bytes(), name
 
 
 def test_keys_are_made_safely(tmp_path):
