@@ -73,6 +73,10 @@ def test_wheel_contains_every_asset(wheel, repo_root):
             assert zf.read(p) == (repo_root / p).read_bytes(), p
         meshes = [p for p in expected if p.startswith("factoryfloor/assets/meshes/")]
         assert all(m in names for m in meshes)
+        # what loading a bundle needs: the manifest schema and the release key's trust store
+        for data in ("edge_runtime/schemas/bundle_manifest.schema.json",
+                     "edge_runtime/trust/factoryfloor-release.pub"):  # fmt: skip
+            assert f"factoryfloor/{data}" in names, data
 
 
 def test_wheel_contains_every_module_and_nothing_else(wheel, repo_root):

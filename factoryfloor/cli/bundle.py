@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from factoryfloor.edge_runtime.signing import Signer
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -45,7 +49,7 @@ def _keygen(args: argparse.Namespace) -> int:
 def _sign(args: argparse.Namespace) -> int:
     from factoryfloor.edge_runtime.atomic import atomic_write_bytes
     from factoryfloor.edge_runtime.bundle import MAX_BUNDLE_BYTES, BundleError, sign_bundle
-    from factoryfloor.edge_runtime.signing import load_secret_key
+    from factoryfloor.edge_runtime.signing import load_secret_key, secret_key_id
 
     key = load_secret_key(args.key)
     if not args.bundle.is_file():
@@ -55,19 +59,8 @@ def _sign(args: argparse.Namespace) -> int:
     signed = sign_bundle(args.bundle.read_bytes(), key, str(args.bundle))
     out = args.out or args.bundle
     atomic_write_bytes(out, signed)
-    print(f"signed {out} with key {_key_id(key)}")
+    print(f"signed {out} with key {secret_key_id(key)}")
     return 0
-
-
-def _key_id(secret_key: object) -> str:
-    from cryptography.hazmat.primitives import serialization
-
-    from factoryfloor.edge_runtime.signing import key_id_of
-
-    raw = secret_key.public_key().public_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    return key_id_of(raw)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -81,9 +74,9 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def trust_line(signer: object) -> str:
+def trust_line(signer: Signer | None) -> str:
     """How a loaded bundle's signer reads: signed and trusted, signed by whom, or unsigned."""
     if signer is None:
         return "unsigned"
-    key_id, trusted = signer.key_id, signer.trusted  # type: ignore[attr-defined]
-    return f"signed by {key_id} ({'trusted' if trusted else 'not in the trust store'})"
+    trusted = "trusted" if signer.trusted else "not in the trust store"
+    return f"signed by {signer.key_id} ({trusted})"

@@ -77,6 +77,11 @@ def key_id_of(raw_public: bytes) -> str:
     return hashlib.sha256(raw_public).hexdigest()[:16]
 
 
+def secret_key_id(secret_key: Any) -> str:
+    """The key id of an Ed25519 secret key (that of its public half)."""
+    return key_id_of(_raw_public(secret_key.public_key()))
+
+
 def signed_message(members: Mapping[str, bytes]) -> bytes:
     """The bytes a signature covers: every member but ``signature.json``, by name order.
 
