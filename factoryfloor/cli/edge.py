@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,11 @@ def _serve_args(serve: argparse.ArgumentParser) -> None:
         "them (default: $FACTORYFLOOR_TRUST, else the package's release key)",
     )  # fmt: skip
     serve.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", type=server_setting,
+        help="any other ServerConfig setting, e.g. --set max_sessions=16 --set "
+        "session_timeout_s=5 (repeatable; docs/protocol.md section 8)",
+    )  # fmt: skip
+    serve.add_argument(
         "--allow-unsigned", action="store_true",
         help="serve an unsigned or untrusted bundle on a non-loopback --bind (not for a robot)",
     )  # fmt: skip
@@ -94,6 +102,40 @@ def _keygen_args(keygen: argparse.ArgumentParser) -> None:
     keygen.add_argument("--client", action="append", help="client name (repeatable)")
 
 
+# ServerConfig fields --set may change, and how their text becomes a value (their own flags
+# set the others)
+_SETTING_TYPES: dict[str, Callable[[str], object]] = {
+    "int": int, "float": float, "str": str,
+    "float | None": lambda text: None if text.lower() == "none" else float(text),
+}  # fmt: skip
+_OWN_FLAGS = {"bind", "max_action_age_ms"}
+_MAY_BE_ZERO = {"evict_after_s", "flood_pause_ms", "poll_timeout_ms"}
+
+
+def server_setting(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` of a ``ServerConfig`` field, the value parsed by the field's type."""
+    from factoryfloor.edge_runtime.server import ServerConfig
+
+    kinds = {f.name: str(f.type) for f in fields(ServerConfig) if f.name not in _OWN_FLAGS}
+    name, sep, value = text.partition("=")
+    if not sep or name not in kinds:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give NAME=VALUE with NAME one of {', '.join(sorted(kinds))}"
+        )
+    try:
+        parsed = _SETTING_TYPES[kinds[name]](value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name}={value!r}: {kinds[name]} expected") from None
+    if isinstance(parsed, str) and not (0 < len(parsed) <= 128 and parsed.isprintable()):
+        raise argparse.ArgumentTypeError(f"{name}: 1 to 128 printable characters expected")
+    if isinstance(parsed, int | float):
+        zero_ok = name in _MAY_BE_ZERO
+        if not math.isfinite(parsed) or parsed < 0 or (parsed == 0 and not zero_ok):
+            least = ">= 0" if zero_ok else "> 0"
+            raise argparse.ArgumentTypeError(f"{name}={value!r}: a finite number {least} expected")
+    return name, parsed
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the chosen edge subcommand; its exit status."""
     return int(args.edge_run(args))
@@ -113,7 +155,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         report_every_s=args.report_every, ready_file=args.ready_file,
         rt_priority=args.rt_priority,
     )  # fmt: skip
-    config = ServerConfig(bind=args.bind, max_action_age_ms=args.max_action_age_ms)
+    config = ServerConfig(
+        bind=args.bind, max_action_age_ms=args.max_action_age_ms, **dict(args.set)
+    )
     job = ServerJob(policy=args.policy, task=args.task, robot=args.robot, config=config,
                     options=options, trust=args.trust,
                     allow_unsigned=args.allow_unsigned)  # fmt: skip

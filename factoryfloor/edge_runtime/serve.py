@@ -25,6 +25,7 @@ from factoryfloor.edge_runtime.metrics import (
     MetricsHttpServer,
     resident_memory_mb,
 )
+from factoryfloor.edge_runtime.protocol import EdgeError
 from factoryfloor.edge_runtime.realtime import set_process_realtime
 from factoryfloor.edge_runtime.served import ServedPolicy
 from factoryfloor.edge_runtime.server import PolicyServer, ServerConfig, configure_router
@@ -55,10 +56,30 @@ class ServeOptions:
     rt_priority: int | None = None
 
 
+def check_endpoint(endpoint: str) -> None:
+    """Refuse an endpoint that is not ``tcp://HOST:PORT``, ``ipc://PATH`` or ``inproc://NAME``.
+
+    Raises:
+        EdgeError: Saying what a bind endpoint looks like.
+    """
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:
+        raise EdgeError(
+            f"--bind {endpoint!r} is not a ZeroMQ endpoint; use tcp://HOST:PORT, e.g. "
+            "tcp://127.0.0.1:5555 or tcp://10.0.0.2:5555"
+        )
+
+
 def make_server(
     policy: ServedPolicy, config: ServerConfig, keys_dir: Path | None
 ) -> tuple[PolicyServer, ServerSecurity | None]:
-    """A bound server (secured when ``keys_dir`` is given)."""
+    """A bound server (secured when ``keys_dir`` is given).
+
+    Raises:
+        SecurityError: For a non-loopback endpoint without keys.
+        EdgeError: For an endpoint that cannot be bound (malformed, or in use).
+    """
+    check_endpoint(config.bind)
     check_bind(config.bind, keys_dir)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     security = ServerSecurity(context, keys_dir) if keys_dir is not None else None
@@ -66,7 +87,16 @@ def make_server(
     configure_router(socket, config)
     if security is not None:
         security.apply(socket)
-    socket.bind(config.bind)
+    try:
+        socket.bind(config.bind)
+    except zmq.ZMQError as exc:
+        socket.close(0)
+        hint = (
+            "is another server running there? choose another --bind port"
+            if exc.errno == zmq.EADDRINUSE
+            else "use tcp://HOST:PORT with an address of this machine"
+        )
+        raise EdgeError(f"cannot bind {config.bind}: {exc.strerror}; {hint}") from None
     return PolicyServer(policy, config, socket, keyed=security is not None), security
 
 
