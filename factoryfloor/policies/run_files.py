@@ -53,6 +53,7 @@ def _check(ok: bool, what: str) -> None:
 def _number(data: dict[str, Any], key: str) -> float:
     value: Any = data.get(key)
     _check(isinstance(value, int | float) and not isinstance(value, bool), f"{key} not a number")
+    _check(np.isfinite(value), f"{key} is not finite")
     return float(value)
 
 
@@ -105,6 +106,7 @@ def _rms(data: Any, name: str) -> RunningMeanStd:
     for field in ("mean", "var"):
         value = np.asarray(data.get(field), dtype=np.float64)
         _check(value.shape == tuple(shape), f"{name}.{field} has shape {value.shape}, not {shape}")
+        _check(bool(np.isfinite(value).all()), f"{name}.{field} has non-finite values")
         setattr(rms, field, value)
     _check(bool(np.all(rms.var >= 0)), f"{name}.var has negative values")
     rms.count = _number(data, "count")

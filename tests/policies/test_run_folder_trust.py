@@ -469,3 +469,20 @@ def test_resume_restores_normalisation_replay_buffer_and_random_states_exactly(
     assert torch.equal(loaded["torch"], saved["torch"])
     assert loaded["action_space"] == saved["action_space"]
     assert len(saved["envs"]) == 1 and loaded["envs"] == saved["envs"]
+
+
+@pytest.mark.parametrize("where", ["mean", "var", "count"])
+def test_non_finite_normalisation_statistics_are_refused(run, capsys, where):
+    """Python's JSON writes and reads NaN: a NaN statistic would make every observation NaN."""
+    path, manifest = manifest_of(run, "last")
+    data = json.loads((path.parent / manifest["files"]["vecnormalize"]["name"]).read_text())
+    stats = data["obs_rms"]["observation"]
+    if where == "count":
+        stats["count"] = float("nan")
+    else:
+        stats[where][0] = float("nan")
+    target = replace_file(run, "last", "vecnormalize", json.dumps(data).encode())
+    code = main(["train", REACH, "--out", str(run), "--resume", "--timesteps", "130"])
+    err = capsys.readouterr().err
+    assert code == 2 and ("non-finite" in err or "not finite" in err), err
+    assert err.count("\n") == 1 and target.name in err, err
