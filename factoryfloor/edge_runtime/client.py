@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import select
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from zmq.utils.monitor import recv_monitor_message
 from factoryfloor.edge_runtime import fastpath
 from factoryfloor.edge_runtime import protocol as p
 from factoryfloor.edge_runtime.metrics import Metrics
+from factoryfloor.edge_runtime.payload import Layout
 from factoryfloor.edge_runtime.session_check import check_welcome
 from factoryfloor.edge_runtime.spec import PolicySpec
 
@@ -79,6 +81,7 @@ class EdgeClient:
         self._seq = 0
         self._last_ack = 0
         self._observations: p.StreamCodec | None = None  # this session's frame codecs
+        self._layout: Layout | None = None  # this session's OBSERVATION layout
         self._actions: p.StreamCodec | None = None
         self._gate: fastpath.ReferenceGate | None = None  # and its ACTION gate
         self.last_round_trip_s: float | None = None  # of the last action accepted
@@ -99,7 +102,7 @@ class EdgeClient:
                 refuses, or no answer in time.
         """
         self.session_id, self._seq, self._last_ack = 0, 0, 0
-        self._observations = self._actions = self._gate = None
+        self._observations = self._actions = self._gate = self._layout = None
         self._drain()
         hello_seq = self._send(p.MsgType.HELLO, p.encode_json(hello))
         deadline = time.monotonic() + timeout_s
@@ -161,24 +164,46 @@ class EdgeClient:
                 f"refused the WELCOME of {self.endpoint}: {exc.text}", exc.code
             ) from None
         self.session_id, self.welcome = msg.session_id, welcome
-        self.action_size, obs_size = ours.action_size, ours.obs_size
+        self.action_size = ours.action_size
         self.max_age_ns = int(float(welcome["max_action_age_ms"]) * 1e6)
         self.session_closed = ""
         sid = self.session_id
-        self._observations = p.StreamCodec(p.MsgType.OBSERVATION, sid, obs_size)
+        self._layout = ours.obs_layout
+        self._observations = p.StreamCodec(p.MsgType.OBSERVATION, sid, ours.obs_bytes // 4)
         self._actions = p.StreamCodec(p.MsgType.ACTION, sid, self.action_size)
         self._gate = fastpath.gate(
             self._actions, fastpath.ACK_SEQ, np.zeros((1, self.action_size), np.float32)
         )  # this session's ACTION frames: compiled where built
         return welcome
 
-    def send_observation(self, values: np.ndarray, episode_start: bool = False) -> int:
-        """Send one OBSERVATION (flat float32 in spec order); returns its sequence number.
+    def send_observation(
+        self,
+        values: np.ndarray | Mapping[str, Any] | bytes | bytearray | memoryview,
+        episode_start: bool = False,
+    ) -> int:
+        """Send one OBSERVATION; returns its sequence number.
 
-        Values of the size the session's spec has go out through its ``StreamCodec``; others
-        (for the server to refuse and count) through the general encoder.
+        Args:
+            values: Flat float32 values in spec order (a float32-only spec); or a mapping
+                field name -> array, packed by the session's layout (``payload.Layout``: any
+                spec, uint8 fields given as uint8 arrays); or an already packed payload
+                (bytes-like, sent unchanged).
+            episode_start: Set ``EPISODE_START``.
+
+        Payloads of the size the session's spec has go out through its ``StreamCodec``;
+        others (for the server to refuse and count) through the general encoder.
+
+        Raises:
+            ValueError: For a mapping before a session, or one that does not fit the spec.
         """
-        payload = p.encode_floats(values)
+        if isinstance(values, Mapping):
+            if self._layout is None:
+                raise ValueError("no session yet: a mapping is packed by the WELCOME's spec")
+            payload = self._layout.pack(values)
+        elif isinstance(values, bytes | bytearray | memoryview):
+            payload = bytes(values)
+        else:
+            payload = p.encode_floats(values)
         codec = self._observations
         if codec is None or len(payload) != codec.payload_bytes:
             flags = p.Flags.EPISODE_START if episode_start else p.Flags.NONE

@@ -119,6 +119,55 @@ class CompiledGate(ReferenceGate):
         )  # fmt: skip
 
 
+class MixedGate(ReferenceGate):
+    """``ReferenceGate`` for specs with uint8 fields (Python only; compiled or not).
+
+    The payload's bytes land unchanged in a uint8 row; only its float32 spans are checked for
+    finiteness (image bytes are never read as floats).
+
+    Args:
+        codec: The session's OBSERVATION codec (``payload_bytes`` the layout's size).
+        field: The header field the session check applies to (``SEQ``).
+        rows: Where payloads land: a C-contiguous uint8 array ``(R, payload_bytes)``.
+        float_spans: ``(start, end)`` byte ranges of the float32 fields in a payload.
+    """
+
+    def __init__(
+        self,
+        codec: p.StreamCodec,
+        field: int,
+        rows: np.ndarray,
+        float_spans: Sequence[tuple[int, int]],
+    ) -> None:
+        if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != codec.payload_bytes:
+            raise ValueError(f"rows must be uint8 (R, {codec.payload_bytes}), not {rows.shape}")
+        if not rows.flags.c_contiguous:
+            raise ValueError("rows must be C-contiguous")
+        self.heads = stream_heads(codec)
+        self.frame_bytes, self.field, self.rows = codec.frame_bytes, field, rows
+        self.tail = [0, 0, 0, 0]
+        self._flags = {head: f for f, head in codec.heads.items()}
+        self._floats = [
+            [rows[r, a:b].view("<f4") for a, b in float_spans] for r in range(len(rows))
+        ]
+
+    def check(self, frame: bytes, lo: int, hi: int, row: int = 0) -> int:
+        """See ``ReferenceGate.check``."""
+        if len(frame) != self.frame_bytes:
+            return NOT_STREAM
+        flags = self._flags.get(frame[:_TAIL_OFFSET])
+        if flags is None:
+            return NOT_STREAM
+        self.tail = list(p.TAIL.unpack_from(frame, _TAIL_OFFSET))
+        if not lo < self.tail[self.field] <= hi:
+            return STALE
+        self.rows[row] = np.frombuffer(frame, np.uint8, offset=_PAYLOAD_OFFSET)
+        for values in self._floats[row]:
+            if not bool(np.isfinite(values).all()):
+                return NONFINITE
+        return flags
+
+
 class ReferenceEncoder:
     """Writes one stream's frames (flags 0) into one buffer (the definition).
 
@@ -256,8 +305,22 @@ def _check_rows(rows: np.ndarray, floats: int) -> None:
         raise ValueError("rows must be C-contiguous")
 
 
-def gate(codec: p.StreamCodec, field: int, rows: np.ndarray) -> ReferenceGate:
-    """The compiled gate when built, else the reference."""
+def gate(
+    codec: p.StreamCodec,
+    field: int,
+    rows: np.ndarray,
+    float_spans: Sequence[tuple[int, int]] | None = None,
+) -> ReferenceGate:
+    """The compiled gate when built, else the reference; ``MixedGate`` for uint8 ``rows``.
+
+    Args:
+        codec: The stream's codec.
+        field: ``SEQ`` or ``ACK_SEQ``.
+        rows: float32 ``(R, floats)``, or uint8 ``(R, payload_bytes)`` for a mixed spec.
+        float_spans: The float32 byte ranges of a mixed spec's payload (uint8 ``rows`` only).
+    """
+    if rows.dtype == np.uint8:
+        return MixedGate(codec, field, rows, float_spans or ())
     return (CompiledGate if COMPILED else ReferenceGate)(codec, field, rows)
 
 

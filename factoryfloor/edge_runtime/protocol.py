@@ -24,6 +24,7 @@ __all__ = [
     "MAGIC",
     "MAX_FLOATS",
     "MAX_JSON_BYTES",
+    "MAX_OBSERVATION_BYTES",
     "PROTOCOL_VERSION",
     "EdgeError",
     "ErrorCode",
@@ -50,7 +51,9 @@ MAGIC = b"FFEP"
 HEADER = struct.Struct("<4sBBHIIQQQQ")  # magic version type flags len session seq ack t_send t_echo
 MAX_JSON_BYTES = 65_536
 MAX_FLOATS = 4_096
+MAX_OBSERVATION_BYTES = 65_536  # float32 specs stay within 4 * MAX_FLOATS; uint8 fields need more
 MAX_ERROR_TEXT_BYTES = 1_024
+HASHED_DTYPES = ("uint8",)  # field dtypes that enter the schema hash (float32 does not)
 _U64 = 2**64 - 1
 _U32 = 2**32 - 1
 
@@ -118,7 +121,7 @@ class ProtocolError(ValueError):
 _PAYLOAD_LIMITS: dict[MsgType, tuple[int | None, int]] = {
     MsgType.HELLO: (None, MAX_JSON_BYTES),
     MsgType.WELCOME: (None, MAX_JSON_BYTES),
-    MsgType.OBSERVATION: (None, 4 * MAX_FLOATS),
+    MsgType.OBSERVATION: (None, MAX_OBSERVATION_BYTES),
     MsgType.ACTION: (None, 4 * MAX_FLOATS),
     MsgType.HEARTBEAT: (0, 0),
     MsgType.ERROR: (None, 2 + MAX_ERROR_TEXT_BYTES),
@@ -268,7 +271,8 @@ class StreamCodec:
     Args:
         kind: ``OBSERVATION`` or ``ACTION``.
         session_id: The session (1 .. 2**32 - 1).
-        floats: Float32 values per payload.
+        floats: 4-byte words per payload: its float32 values, or a payload with uint8 fields'
+            padded byte count / 4 (``payload.Layout.size // 4``).
 
     Raises:
         ProtocolError: When such frames would break the protocol (size, session range).
@@ -390,22 +394,37 @@ def decode_error(payload: bytes) -> tuple[int, str]:
 
 
 def spec_floats(spec: Sequence[dict[str, Any]]) -> int:
-    """Float32 values in a payload of an observation or action spec (its shapes' sizes summed)."""
+    """Values in a payload of an observation or action spec (its shapes' sizes summed).
+
+    Every value of a float32-only spec is 4 bytes; a spec with uint8 fields has its byte
+    layout in ``payload.Layout``.
+    """
     return sum(math.prod(int(n) for n in item["shape"]) for item in spec)  # exact: no overflow
 
 
 def schema_canonical(observation: list[dict[str, Any]], action: list[dict[str, Any]]) -> str:
     """The RFC 8785 text the schema hash is computed over (``docs/protocol.md``, section 5).
 
+    A field's ``dtype`` enters the hash only when it is one of ``HASHED_DTYPES`` (``uint8``):
+    float32 specs hash as they always have, and a uint8 spec never hashes like the float32
+    spec of the same shapes, so a peer that ignores dtype cannot agree on it.
+
     Raises:
         ValueError: For specs that are not lists of objects, or non-finite limits.
     """
+
+    def kept(item: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+        out = {k: item[k] for k in keys if k in item}
+        if isinstance(item, dict) and item.get("dtype") in HASHED_DTYPES:
+            out["dtype"] = item["dtype"]
+        return out
+
     keep_obs = ("name", "shape")
     keep_act = ("name", "shape", "low", "high")
     return strict_json.canonical(
         {
-            "action": [{k: item[k] for k in keep_act if k in item} for item in action],
-            "observation": [{k: item[k] for k in keep_obs if k in item} for item in observation],
+            "action": [kept(item, keep_act) for item in action],
+            "observation": [kept(item, keep_obs) for item in observation],
         }
     )
 

@@ -8,6 +8,11 @@ scripted expert in ``factoryfloor.stack.served_expert``) can be served the same 
 The server runs inference through ``rows_for(policy, max_batch)``: preallocated observation and
 action rows that its hot path reads and writes in place. A bundle gets ``RowInference``
 (onnxruntime IOBinding); any other policy gets ``ActBatchRows`` around its ``act_batch``.
+
+A spec with uint8 fields (camera images, ``payload.py``) gets ``MixedRows`` instead: one uint8
+row per session holding the payload's bytes as they came off the wire, and ``act_batch``
+receives a dict of per-key views of them, ``(B, *shape)`` in each field's dtype (uint8 images
+stay uint8, never converted to float by the runtime).
 """
 
 from __future__ import annotations
@@ -28,7 +33,11 @@ class ServedPolicy(Protocol):
     spec: PolicySpec
 
     def act_batch(self, sessions: list[int], obs: np.ndarray) -> np.ndarray:
-        """Actions ``(B, action_size)`` for flat observations ``(B, obs_size)`` of ``sessions``."""
+        """Actions ``(B, action_size)`` for the observations of ``sessions``.
+
+        ``obs`` is flat float32 ``(B, obs_size)`` for a float32-only spec; for a spec with uint8
+        fields it is a dict ``{name: (B, *shape)}`` in each field's dtype (``MixedRows``).
+        """
         ...
 
     def reset(self, session: int) -> None:
@@ -99,7 +108,51 @@ class ActBatchRows:
         return self.actions[:batch]
 
 
+class MixedRows:
+    """``Rows`` for a spec with uint8 fields: payload bytes in, per-key arrays to ``act_batch``.
+
+    ``obs`` is uint8 ``(max_batch, obs_bytes)``: row ``i`` is session ``i``'s OBSERVATION
+    payload, byte for byte. ``run`` calls ``policy.act_batch(sessions, obs)`` with ``obs`` a
+    dict ``{name: array (B, *shape)}`` of views into those rows (float32 or uint8 per field;
+    valid during the call only: copy what must outlive it).
+
+    Args:
+        policy: The served policy (its ``act_batch`` takes that dict).
+        max_batch: Rows at most.
+    """
+
+    def __init__(self, policy: ServedPolicy, max_batch: int) -> None:
+        self.policy = policy
+        self.layout = policy.spec.obs_layout
+        self.obs = np.zeros((max_batch, self.layout.size), np.uint8)
+        self.actions = np.zeros((max_batch, policy.spec.action_size), np.float32)
+        self._views: dict[int, dict[str, np.ndarray]] = {}  # per batch size, made once
+
+    def run(self, sessions: list[int]) -> np.ndarray:
+        """See ``Rows.run``.
+
+        Raises:
+            ValueError: When the policy's actions have another shape.
+        """
+        batch = len(sessions)
+        views = self._views.get(batch)
+        if views is None:
+            views = self._views[batch] = self.layout.split(self.obs[:batch])
+        actions = np.asarray(self.policy.act_batch(sessions, views), dtype="<f4")  # type: ignore[arg-type]
+        if actions.shape != (batch, self.actions.shape[1]):
+            shape = (batch, self.actions.shape[1])
+            raise ValueError(f"the policy returned actions {actions.shape}, not {shape}")
+        self.actions[:batch] = actions
+        return self.actions[:batch]
+
+
 def rows_for(policy: ServedPolicy, max_batch: int) -> Rows:
-    """The policy's own rows when it has them (``rows(max_batch)``), else ``ActBatchRows``."""
+    """The rows the server fills for ``policy``.
+
+    ``MixedRows`` for a spec with uint8 fields; else the policy's own rows when it has them
+    (``rows(max_batch)``), else ``ActBatchRows``.
+    """
+    if policy.spec.obs_layout.mixed:
+        return MixedRows(policy, max_batch)
     make = getattr(policy, "rows", None)
     return make(max_batch) if callable(make) else ActBatchRows(policy, max_batch)

@@ -67,6 +67,10 @@ class PolicyServer(SessionRules):
         self.spec = policy.spec
         self.budget = config.budget(self.spec.control_rate_hz)
         self.rows = rows_for(policy, config.max_sessions)  # inference's preallocated rows
+        layout = self.spec.obs_layout
+        self._obs_bytes = layout.size  # an OBSERVATION payload's bytes
+        self._mixed = layout if layout.mixed else None  # uint8 fields: rows hold raw bytes
+        self._row_dtype = np.uint8 if layout.mixed else np.dtype("<f4")
         self.metrics = Metrics("server")
         self.sessions: dict[int, Session] = {}
         self.by_identity: dict[bytes, int] = {}
@@ -291,8 +295,8 @@ class PolicyServer(SessionRules):
         if msg.seq <= session.last_seq:
             self.metrics.count("observations_stale")  # duplicated, reordered or replayed
             return
-        if len(msg.payload) != 4 * self.spec.obs_size:
-            text = f"{len(msg.payload) // 4} values; the observation spec has {self.spec.obs_size}"
+        if len(msg.payload) != self._obs_bytes:
+            text = f"{len(msg.payload)} payload bytes; the observation spec has {self._obs_bytes}"
             self._reject(identity, p.ErrorCode.BAD_LENGTH, text, msg)
             return
         if session.pending is not None:
@@ -319,14 +323,17 @@ class PolicyServer(SessionRules):
         for session in inbox.values():
             request, session.pending = session.pending, None
             if request is not None:  # payload sizes were checked on arrival
-                rows[len(requests)] = np.frombuffer(request.payload, "<f4")
+                rows[len(requests)] = np.frombuffer(request.payload, self._row_dtype)
                 requests.append((session, request.seq, request.t_send_ns))
         if not requests:
             return 0
         obs = rows[: len(requests)]
-        finite = np.isfinite(obs)
+        finite: np.ndarray = (
+            np.isfinite(obs) if self._mixed is None else self._mixed.finite_rows(obs)
+        )
         if not finite.all():
-            finite = finite.all(axis=1)
+            if finite.ndim == 2:  # per value (float32-only rows): per row
+                finite = np.asarray(finite.all(axis=1))
             self.metrics.count("observations_nonfinite", int((~finite).sum()))
             for (session, seq, t_send_ns), ok in zip(requests, finite, strict=True):
                 if not ok:

@@ -106,11 +106,12 @@ class SessionRules:
             self._reject(identity, p.ErrorCode.TOO_MANY_SESSIONS, refusal, msg)
             return
         sid = self._new_session_id()
-        observations = p.StreamCodec(p.MsgType.OBSERVATION, sid, self.spec.obs_size)
+        observations = p.StreamCodec(p.MsgType.OBSERVATION, sid, self.spec.obs_bytes // 4)
         actions = p.StreamCodec(p.MsgType.ACTION, sid, self.spec.action_size)
+        spans = self.spec.obs_layout.float_spans
         session = Session(
             sid, identity, observations=observations, actions=actions,
-            gate=fastpath.gate(observations, fastpath.SEQ, self.rows.obs),
+            gate=fastpath.gate(observations, fastpath.SEQ, self.rows.obs, spans),
             encoder=fastpath.encoder(actions, self.rows.actions),
             peer=peer, loop_rate_hz=loop_rate, budget=self.config.budget(loop_rate),
             last_seen_s=now,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from factoryfloor.edge_runtime.payload import Layout
 from factoryfloor.edge_runtime.protocol import PROTOCOL_VERSION, schema_sha256, spec_floats
 
 Field = dict[str, Any]
@@ -95,8 +96,18 @@ class PolicySpec:
 
     @cached_property
     def obs_size(self) -> int:
-        """Float32 values in an OBSERVATION payload."""
+        """Values in an OBSERVATION payload (float32 and uint8 together)."""
         return spec_floats(self.observation)
+
+    @cached_property
+    def obs_layout(self) -> Layout:
+        """The OBSERVATION payload's byte layout (``payload.py``)."""
+        return Layout(self.observation)
+
+    @cached_property
+    def obs_bytes(self) -> int:
+        """Bytes of an OBSERVATION payload (``4 * obs_size`` for a float32-only spec)."""
+        return self.obs_layout.size
 
     @cached_property
     def action_size(self) -> int:

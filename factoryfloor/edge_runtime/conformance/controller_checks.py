@@ -153,13 +153,16 @@ def observations_valid(target: ControllerTarget) -> None:
     for a, b in itertools.pairwise(msgs):
         expect(b.seq > a.seq, f"OBSERVATION seq {b.seq} after {a.seq}")
         expect(b.t_send_ns > a.t_send_ns, f"t_send_ns {b.t_send_ns} after {a.t_send_ns}")
+    layout = target.spec.obs_layout  # float32-only, or with uint8 fields (payload.py)
     for m in msgs:
         expect(
-            len(m.payload) == 4 * target.spec.obs_size,
-            f"OBSERVATION of {len(m.payload) // 4} values, expected {target.spec.obs_size}",
+            len(m.payload) == layout.size,
+            f"OBSERVATION of {len(m.payload)} bytes, expected {layout.size} "
+            f"({target.spec.obs_size} values)",
         )
-        values = np.frombuffer(m.payload, "<f4")
-        expect(bool(np.isfinite(values).all()), f"OBSERVATION seq {m.seq} holds NaN or Inf")
+        row = np.frombuffer(m.payload, np.uint8)[None]
+        finite = bool(layout.finite_rows(row)[0])  # only float32 values: image bytes are bytes
+        expect(finite, f"OBSERVATION seq {m.seq} holds NaN or Inf")
     _check_rate(frames, target.spec.control_rate_hz)
 
 

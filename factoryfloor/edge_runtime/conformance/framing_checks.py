@@ -124,7 +124,7 @@ def bad_length(target: ServerTarget) -> None:
         "HEARTBEAT with a 4-byte payload": (_f(T.HEARTBEAT, bytes(4)), E.BAD_LENGTH, ECHO),
         "DESCRIBE with a 4-byte payload": (_f(T.DESCRIBE, bytes(4)), E.BAD_LENGTH, ECHO),
         "OBSERVATION of 6 bytes": (_f(T.OBSERVATION, bytes(6)), E.BAD_LENGTH, ECHO),
-        "OBSERVATION of 4,097 values": (_f(T.OBSERVATION, bytes(4 * 4097)), E.BAD_LENGTH, ECHO),
+        "OBSERVATION of 65,540 bytes": (_f(T.OBSERVATION, bytes(65_540)), E.BAD_LENGTH, ECHO),
         "HELLO of 65,537 bytes": (_f(T.HELLO, b" " * 65_537), E.BAD_LENGTH, ECHO),
         "HELLO of 1 byte": (_hello_frame(b"{"), E.BAD_LENGTH, (1, T_SEND)),
         "multipart message": ([whole, whole], E.BAD_LENGTH, None),

@@ -23,6 +23,7 @@ from factoryfloor.edge_runtime.conformance.kit import (
     error_code,
     expect,
 )
+from factoryfloor.edge_runtime.payload import Layout
 
 CONTROLLER = "ffep-conformance"
 Json = dict[str, Any]
@@ -33,7 +34,9 @@ class Served(NamedTuple):
 
     Attributes:
         description: The DESCRIPTION's JSON.
-        obs_size: Float32 values of an OBSERVATION.
+        obs_size: 4-byte words of an OBSERVATION payload: its float32 values for a float32-only
+            spec; for a spec with uint8 fields (``payload.py``) the padded payload's bytes / 4,
+            so that ``observation(obs_size)`` is a payload of the right length either way.
         action_size: Float32 values of an ACTION.
     """
 
@@ -65,8 +68,8 @@ def served(peer: Peer) -> Served:
         expect(key in desc, f"DESCRIPTION has no {key!r}; section 5 lists it")
     expect(isinstance(desc["hello"], dict), "DESCRIPTION's 'hello' is not an object")
     try:
-        sizes = p.spec_floats(desc["observation"]), p.spec_floats(desc["action"])
-    except (KeyError, TypeError, ValueError) as exc:
+        sizes = Layout(desc["observation"]).size // 4, p.spec_floats(desc["action"])
+    except (KeyError, TypeError, ValueError) as exc:  # ProtocolError is a ValueError
         raise CheckFailed(f"DESCRIPTION's specs are unusable: {exc!r}") from None
     return Served(desc, *sizes)
 
