@@ -14,8 +14,17 @@ from gymnasium.utils import EzPickle
 
 from factoryfloor.robots import get_robot_spec
 from factoryfloor.sim.backend import PhysicsConfig, PyBullet
-from factoryfloor.sim.camera import Camera, CameraConfig
+from factoryfloor.sim.camera import Camera, CameraConfig, WristCamera
 from factoryfloor.sim.env_checks import OBS_MODES, RENDER_MODES, check_env_args, checked_action
+from factoryfloor.sim.observations import (
+    MODE_KEYS,
+    ObsLayout,
+    Source,
+    key_segments,
+    obs_layout,
+    split_keys,
+    vector_keys,
+)
 from factoryfloor.sim.registry import task_entry
 from factoryfloor.sim.robot import Arm
 from factoryfloor.sim.tasks.base import RobotHooks
@@ -27,7 +36,11 @@ OBS_UNITS = {
     "achieved_goal": "m (world frame)",
     "desired_goal": "m (world frame)",
     "image": "uint8 (H, W, C): RGB 0-255[, depth 0-255 near..far] from the fixed cell camera",
+    "wrist_image": "uint8 (H, W, C): RGB 0-255[, depth 0-255 near..far] from the wrist camera",
+    "privileged": "sim-only entries of the state vector (part poses m, velocities m/s); "
+    "segments in env.unwrapped.key_segments()",
 }
+# obs_mode="camera": "observation" holds only the real-cell entries of the vector above.
 RENDER_SIZE = (480, 360)  # (width, height) of render() frames
 
 
@@ -49,14 +62,25 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         robot: Registered robot name ("panda", "xarm6").
         control: "ee" (TCP deltas through IK) or "joints" (joint deltas).
         reward: "sparse" or "dense".
-        obs_mode: "state", "rgb" or "rgbd" (adds an ``image`` key from the cell camera).
-        image_size: Side of the square camera observation (pixels, an int in 16..512).
+        obs_mode: "state", "rgb" or "rgbd" (adds an ``image`` key from the cell camera), or
+            "camera": what a real cell has for the actor (``observation``: the arm's state
+            and real-cell task entries, ``desired_goal``, ``image`` from the cell camera and
+            ``wrist_image`` from the wrist camera) and the sim-only entries in
+            ``privileged`` and ``achieved_goal`` (``actor_keys``, ``privileged_keys``).
+        image_size: Side of the square camera observations (pixels, an int in 16..512).
         randomize: Domain randomisation of physics and camera (see ``Randomization``); a bool.
         render_mode: None, "rgb_array" (480x360 frames) or "human" (pybullet's window).
         physics: Physics settings (timestep, substeps, solver iterations): a ``PhysicsConfig``,
             or None for the defaults.
         task_options: Keyword arguments of the task, e.g. ``{"belt_speed_m_s": 0.12}`` for
             ConveyorPick (see each task class).
+        camera_depth: In "camera" mode, add depth as a 4th channel to both images (a bool).
+
+    Attributes:
+        actor_keys: Dict keys holding only what a real cell has (robot state, goals known
+            from the cell layout, images): what a deployable actor may be given.
+        privileged_keys: Dict keys holding any sim-only entry (for a critic, for HER).
+        obs_layout: The declared segments of the state vector (``observations.ObsLayout``).
 
     Raises:
         ValueError: For a refused argument, before any pybullet world exists: its name, the
@@ -78,6 +102,7 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         render_mode: str | None = None,
         physics: PhysicsConfig | None = None,
         task_options: dict[str, Any] | None = None,
+        camera_depth: bool = False,
     ) -> None:
         EzPickle.__init__(
             self,
@@ -91,12 +116,14 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
             render_mode,
             physics,
             task_options,
+            camera_depth,
         )
         check_env_args(
             {
                 "task": task, "robot": robot, "control": control, "reward": reward,
                 "obs_mode": obs_mode, "image_size": image_size, "randomize": randomize,
                 "render_mode": render_mode, "physics": physics, "task_options": task_options,
+                "camera_depth": camera_depth,
             }
         )  # fmt: skip
         self.task_entry = task_entry(task)
@@ -119,6 +146,8 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
             self.sim.close()  # a refused construction leaves no pybullet world behind
             raise
         self.camera = Camera(self.sim, CameraConfig())
+        self.wrist_camera = WristCamera(self.sim, "robot", spec.ee_link, spec.tcp_offset_m)
+        self._setup_keys(obs_mode, bool(camera_depth))
         self.action_space = self.robot.action_space
         self._action_shape = self.action_space.shape
         self._desired_goal = np.zeros(3, dtype=np.float32)
@@ -129,32 +158,66 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         # Restored at each reset so that no contact cache survives from an earlier episode.
         self._initial_state = self.sim.save_state()
 
-    def _make_observation_space(self) -> spaces.Dict:
-        n = self.robot.obs_size + self.task.obs_size
-        box = {
-            "observation": spaces.Box(-np.inf, np.inf, shape=(n,), dtype=np.float32),
-            "achieved_goal": spaces.Box(-np.inf, np.inf, shape=(3,), dtype=np.float32),
-            "desired_goal": spaces.Box(-np.inf, np.inf, shape=(3,), dtype=np.float32),
+    def _setup_keys(self, obs_mode: str, camera_depth: bool) -> None:
+        """Read the declared observation segments into this mode's Dict keys."""
+        self.obs_layout: ObsLayout = obs_layout(
+            self.robot.obs_segments(), self.task.obs_segments(), self.task.goal_sources
+        )
+        if self.obs_layout.size != self.robot.obs_size + self.task.obs_size:
+            raise ValueError(f"declared segments {self.obs_layout.segments} miss entries")
+        mode = MODE_KEYS[obs_mode]
+        self._split, self._image_keys = mode.split, mode.image_keys
+        self._depth = obs_mode == "rgbd" or camera_depth
+        self._cameras: dict[str, Camera | WristCamera] = {
+            "image": self.camera,
+            "wrist_image": self.wrist_camera,
         }
-        channels = OBS_MODES[self.obs_mode]
-        if channels:
-            box["image"] = spaces.Box(
+        self._real_idx = self.obs_layout.indices(Source.REAL)
+        self._priv_idx = self.obs_layout.indices(Source.PRIVILEGED)
+        self._vector_keys = vector_keys(obs_mode, self.obs_layout)
+        self.actor_keys, self.privileged_keys = split_keys(self._vector_keys, self._image_keys)
+
+    def _make_observation_space(self) -> spaces.Dict:
+        box: dict[str, spaces.Space[Any]] = {
+            key: spaces.Box(-np.inf, np.inf, shape=(n,), dtype=np.float32)
+            for key, _, n in self._vector_keys
+        }
+        channels = 4 if self._depth else OBS_MODES[self.obs_mode] or 3
+        for key in self._image_keys:
+            box[key] = spaces.Box(
                 0, 255, shape=(self.image_size, self.image_size, channels), dtype=np.uint8
             )
         return spaces.Dict(box)
 
     def _get_obs(self) -> dict[str, np.ndarray]:
         task_obs, achieved = self.task.observe()
-        obs = {
-            "observation": np.array(self.robot.get_obs() + task_obs, dtype=np.float32),
-            "achieved_goal": np.array(achieved, dtype=np.float32),
-            "desired_goal": self._desired_goal.copy(),
-        }
-        if self.obs_mode == "rgb":
-            obs["image"] = self.camera.rgb(self.image_size, self.image_size)
-        elif self.obs_mode == "rgbd":
-            obs["image"] = self.camera.rgbd(self.image_size, self.image_size)
+        vector = np.array(self.robot.get_obs() + task_obs, dtype=np.float32)
+        if self._split:
+            obs = {"observation": vector[self._real_idx]}
+            if self._priv_idx.size:
+                obs["privileged"] = vector[self._priv_idx]
+        else:
+            obs = {"observation": vector}
+        obs["achieved_goal"] = np.array(achieved, dtype=np.float32)
+        obs["desired_goal"] = self._desired_goal.copy()
+        size = self.image_size
+        for key in self._image_keys:
+            obs[key] = self._cameras[key].image(size, size, self._depth)
         return obs
+
+    def key_segments(self) -> dict[str, dict[str, slice]]:
+        """Vector Dict key -> segment name -> its slice there (see ``observations``)."""
+        return key_segments(self.obs_mode, self.obs_layout)
+
+    def camera_info(self) -> dict[str, dict[str, Any]]:
+        """Per image key: width, height (px), fov_deg, near_m, far_m and pose or mount link.
+
+        The cell camera gives ``eye_m`` (this episode's, jitter included) and ``target_m``
+        (m, world); the wrist camera its ``body`` and ``link`` and the eye, target and up
+        vector in that link's frame (m). Empty in "state" mode.
+        """
+        size = self.image_size
+        return {k: self._cameras[k].info(size, size, self._depth) for k in self._image_keys}
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -169,6 +232,9 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         self._goal = self._desired_goal.tolist()
         jitter = self.task.ranges.camera_jitter_m if self.task.randomize else 0.0
         self.camera.reset(self.np_random, jitter)
+        if "wrist_image" in self._image_keys:  # no extra draw in the other modes
+            wrist = self.task.ranges.wrist_camera_jitter_m if self.task.randomize else 0.0
+            self.wrist_camera.reset(self.np_random, wrist)
         obs = self._get_obs()
         return obs, {
             "is_success": bool(self.task.is_success(obs["achieved_goal"], obs["desired_goal"]))

@@ -28,7 +28,9 @@ from factoryfloor.sim.backend import PhysicsConfig
 from factoryfloor.sim.registry import BY_ENV_ID, TASKS, task_entry
 from factoryfloor.sim.tasks.base import REWARD_TYPES, Task
 
-OBS_MODES = {"state": None, "rgb": 3, "rgbd": 4}  # obs mode -> image channels
+# obs mode -> image channels ("camera": two images, 4 channels with camera_depth=True); the
+# Dict keys of each mode are in ``observations.MODE_KEYS``.
+OBS_MODES = {"state": None, "rgb": 3, "rgbd": 4, "camera": 3}
 RENDER_MODES = ("human", "rgb_array")
 # Side of the square camera observation (pixels). TinyRenderer draws any size, but below 16 the
 # cell is a few blobs, and a 512 x 512 RGB-D frame already takes ~0.15 s on one core.
@@ -214,6 +216,14 @@ ENV_ARG_CHECKS: tuple[ArgCheck, ...] = (
         ),
     ),
     ArgCheck("randomize", lambda v, a: _is_bool(v), lambda a: "use True or False (a bool)"),
+    ArgCheck(
+        "camera_depth",
+        lambda v, a: _is_bool(v) and (not v or a["obs_mode"] == "camera"),
+        lambda a: (
+            "use True or False (a bool); True adds depth to the images of obs_mode='camera' "
+            f"only (obs_mode={a['obs_mode']!r}; for one RGB-D cell camera use obs_mode='rgbd')"
+        ),
+    ),
     ArgCheck(
         "physics",
         lambda v, a: v is None or (isinstance(v, PhysicsConfig) and _finite_fields(v)),

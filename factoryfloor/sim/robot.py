@@ -25,6 +25,7 @@ from gymnasium import spaces
 
 from factoryfloor.robots import RobotSpec
 from factoryfloor.sim.backend import PyBullet
+from factoryfloor.sim.observations import ObsSegment, real
 from factoryfloor.sim.urdf_tools import data_root, robot_urdf
 
 
@@ -167,6 +168,17 @@ class Arm:
     def obs_size(self) -> int:
         """Length of ``get_obs()``."""
         return 7 + (self.spec.n_arm if self.control == "joints" else 0)
+
+    def obs_segments(self) -> tuple[ObsSegment, ...]:
+        """The segments of ``get_obs()``, in order: all measured by a real arm."""
+        segments = (
+            real("tcp_position", 3, "m, world"),
+            real("tcp_velocity", 3, "m/s, world"),
+            real("gripper_opening", 1, "0 closed .. 1 open"),
+        )
+        if self.control == "joints":
+            segments += (real("joint_positions", self.spec.n_arm, "rad"),)
+        return segments
 
     def reset(self, q: Sequence[float] | None = None) -> None:
         """Teleport to ``q`` (default: home), gripper open, motors holding that pose."""

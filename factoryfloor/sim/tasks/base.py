@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from factoryfloor.sim.backend import PyBullet
+from factoryfloor.sim.observations import GoalSources, ObsSegment, Source
 
 REWARD_TYPES = ("sparse", "dense")
 
@@ -29,12 +30,15 @@ class Randomization:
         friction: Part lateral friction coefficient range (-).
         conveyor_speed_m_s: Belt speed range (m/s).
         camera_jitter_m: Camera eye offset, uniform per axis in +-this (m).
+        wrist_camera_jitter_m: Wrist camera mount offset, uniform per axis in +-this (m, link
+            frame); drawn only in ``obs_mode="camera"``.
     """
 
     mass_scale: tuple[float, float] = (0.5, 1.5)
     friction: tuple[float, float] = (0.6, 1.2)
     conveyor_speed_m_s: tuple[float, float] = (0.06, 0.14)
     camera_jitter_m: float = 0.02
+    wrist_camera_jitter_m: float = 0.005
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,11 @@ class Task(ABC):
     goal_box_half_m: ClassVar[tuple[float, float, float] | None] = None  # box success instead
     workspace_low: ClassVar[tuple[float, float, float]] = (0.2, -0.45, 0.005)
     workspace_high: ClassVar[tuple[float, float, float]] = (0.8, 0.45, 0.45)
+    # Where the goals come from in a real cell: by default the achieved goal is a part's true
+    # position (sim only) and the goal is a pose of the cell layout (a bin).
+    goal_sources: ClassVar[GoalSources] = GoalSources(
+        achieved_goal=Source.PRIVILEGED, desired_goal=Source.REAL
+    )
 
     def __init__(self, sim: PyBullet, robot: RobotHooks, reward_type: str, randomize: bool) -> None:
         if reward_type not in REWARD_TYPES:
@@ -90,6 +99,14 @@ class Task(ABC):
     @abstractmethod
     def obs_size(self) -> int:
         """Length of the task part of the observation vector."""
+
+    @abstractmethod
+    def obs_segments(self) -> tuple[ObsSegment, ...]:
+        """The named segments of the task part of the observation vector, in order.
+
+        Each says whether a real cell has it (``observations.real``) or only the simulator
+        (``observations.privileged``); their sizes add up to ``obs_size``.
+        """
 
     def achieved_goal(self) -> np.ndarray:
         """What the goal is compared with (m, world), shape (3,)."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from factoryfloor.sim.observations import ObsSegment, privileged, real
 from factoryfloor.sim.scene import (
     BELT_TOP_Z_M,
     BIN_FLOOR_TOP_M,
@@ -101,6 +102,18 @@ class ConveyorPickTask(Task):
     def obs_size(self) -> int:
         """Per part: position (3) and velocity (3); then the belt speed (1)."""
         return 6 * len(self.parts) + 1
+
+    def obs_segments(self) -> tuple[ObsSegment, ...]:
+        """Per part its true position and velocity (sim only); the belt speed (the drive's)."""
+        per_part = tuple(
+            seg
+            for i in range(len(self.parts))
+            for seg in (
+                privileged(f"part_{i}_position", 3, "m, world"),
+                privileged(f"part_{i}_velocity", 3, "m/s, world"),
+            )
+        )
+        return (*per_part, real("belt_speed", 1, "m/s along +y"))
 
     def observe(self) -> tuple[list[float], Sequence[float]]:
         """Per part: position (m) and velocity (m/s), then the belt speed (m/s).

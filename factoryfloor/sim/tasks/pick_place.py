@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from factoryfloor.sim.observations import ObsSegment, privileged
 from factoryfloor.sim.scene import (
     BIN_FLOOR_TOP_M,
     PART_MASS_KG,
@@ -89,6 +90,17 @@ class PickPlaceTask(Task):
     def obs_size(self) -> int:
         """Part position (3), part velocity (3), shape one-hot (3)."""
         return 6 + len(self.shapes)
+
+    def obs_segments(self) -> tuple[ObsSegment, ...]:
+        """All sim-only: the true part pose and velocity, and which part was drawn.
+
+        The shape one-hot is privileged too: a camera policy must tell the part from the image.
+        """
+        return (
+            privileged("part_position", 3, "m, world"),
+            privileged("part_velocity", 3, "m/s, world"),
+            privileged("part_shape_one_hot", len(self.shapes), "one-hot over sorted shapes"),
+        )
 
     def observe(self) -> tuple[list[float], Sequence[float]]:
         """Part position (m), linear velocity (m/s) and shape one-hot; achieved: part position."""

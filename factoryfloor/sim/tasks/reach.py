@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from factoryfloor.sim.observations import GoalSources, ObsSegment, Source
 from factoryfloor.sim.scene import add_goal_marker, add_table
 from factoryfloor.sim.tasks.base import Task
 
@@ -21,6 +22,8 @@ class ReachTask(Task):
 
     goal_low = np.array([0.3, -0.25, 0.02])
     goal_high = np.array([0.6, 0.25, 0.35])
+    # The achieved goal is the TCP (forward kinematics); the target is commanded.
+    goal_sources = GoalSources(achieved_goal=Source.REAL, desired_goal=Source.REAL)
 
     def _build(self) -> None:
         add_table(self.sim)
@@ -35,6 +38,10 @@ class ReachTask(Task):
     def obs_size(self) -> int:
         """No task-specific observation beyond the goal."""
         return 0
+
+    def obs_segments(self) -> tuple[ObsSegment, ...]:
+        """None: the target is the desired goal."""
+        return ()
 
     def observe(self) -> tuple[list[float], Sequence[float]]:
         """No task observation (the target is the desired goal); achieved goal: the TCP (m)."""
