@@ -315,12 +315,26 @@ def _check_events(path: Path, text: str) -> None:
             depth -= 1
 
 
+def _image_bytes(env_kwargs: dict[str, Any]) -> int:
+    """uint8 image bytes of one observation: every camera of the obs mode (``MODE_KEYS``)."""
+    from factoryfloor.sim.env_checks import OBS_MODES
+    from factoryfloor.sim.observations import MODE_KEYS
+
+    mode = str(env_kwargs.get("obs_mode", "state"))
+    if mode not in MODE_KEYS:
+        return 0  # the env refuses it, with the list of modes
+    channels = OBS_MODES[mode] or 0
+    if mode == "camera" and env_kwargs.get("camera_depth") is True:
+        channels += 1
+    size = env_kwargs.get("image_size", 84)
+    side = size if _is_int(size) else 84
+    return len(MODE_KEYS[mode].image_keys) * channels * side**2
+
+
 def estimate_memory(cfg: Any, off_policy: bool) -> dict[str, int]:
     """Bytes ``cfg``'s run may need, by part: upper bounds from its sizes and the space bounds."""
     kwargs = cfg.env_kwargs
-    channels = {"rgb": 3, "rgbd": 4}.get(str(kwargs.get("obs_mode", "state")), 0)
-    size = kwargs.get("image_size", 84)
-    image = channels * (size if _is_int(size) else 84) ** 2  # uint8
+    image = _image_bytes(kwargs)
     transition = 2 * (4 * STATE_FLOATS + image) + 4 * ACTION_FLOATS + 12 + (16 if cfg.her else 0)
     n_steps = int(cfg.algo_kwargs.get("n_steps", 2048))
     stored = cfg.buffer_size if off_policy else n_steps * cfg.n_envs  # replay / rollout buffer

@@ -191,3 +191,22 @@ def test_limits_leave_the_shipped_configs_and_sane_values_alone(tmp_path, repo_r
     assert load_config(REACH, None, None, cluster).n_envs == 100  # a cluster: no CPU limit
     parts = checks.estimate_memory(load_config("factoryfloor/PickPlace-v0", "sac"), True)
     assert 0.5 * checks.GIB < sum(parts.values()) < 2 * checks.GIB  # 1e6 x ~572 B + networks
+
+
+@pytest.mark.parametrize(
+    ("env_kwargs", "image_bytes"),
+    [
+        ({}, 0),
+        ({"obs_mode": "rgb"}, 3 * 84 * 84),
+        ({"obs_mode": "rgbd", "image_size": 64}, 4 * 64 * 64),
+        ({"obs_mode": "camera"}, 2 * 3 * 84 * 84),  # the cell and the wrist camera
+        ({"obs_mode": "camera", "camera_depth": True}, 2 * 4 * 84 * 84),
+    ],
+)
+def test_the_memory_estimate_counts_every_camera_of_the_mode(env_kwargs, image_bytes):
+    base = TrainConfig(**{**load_config(REACH).to_dict(), "env_kwargs": {}})
+    cfg = TrainConfig(**{**base.to_dict(), "env_kwargs": env_kwargs})
+    stored = cfg.buffer_size
+    plain = sum(v for k, v in checks.estimate_memory(base, True).items() if "transitions" in k)
+    ours = sum(v for k, v in checks.estimate_memory(cfg, True).items() if "transitions" in k)
+    assert ours - plain == stored * 2 * image_bytes  # observation and next observation
