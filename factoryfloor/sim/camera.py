@@ -31,7 +31,35 @@ class CameraConfig:
     far_m: float = 2.5
 
 
-class Camera:
+class _Pinhole:
+    """What both cameras share: a projection per image size, and rendering one view.
+
+    Subclasses set ``sim``, ``config`` (``fov_deg``, ``near_m``, ``far_m``) and an empty
+    ``_projections``.
+    """
+
+    sim: PyBullet
+    config: Any
+    _projections: dict[tuple[int, int], list[float]]
+
+    def _projection(self, width: int, height: int) -> list[float]:
+        key = (width, height)
+        if key not in self._projections:
+            cfg = self.config
+            self._projections[key] = self.sim.projection_matrix(
+                cfg.fov_deg, width / height, cfg.near_m, cfg.far_m
+            )
+        return self._projections[key]
+
+    def _render(self, width: int, height: int, view: list[float], depth: bool) -> np.ndarray:
+        """uint8 (height, width, 3) RGB, or (height, width, 4) with depth (see ``with_depth``)."""
+        rgb, zbuf = self.sim.render(
+            width, height, view, self._projection(width, height), depth=depth
+        )
+        return with_depth(rgb, zbuf, self.config.near_m, self.config.far_m) if depth else rgb
+
+
+class Camera(_Pinhole):
     """Renders the cell camera; the eye can be jittered at each reset.
 
     Args:
@@ -56,20 +84,9 @@ class Camera:
         self._eye = np.asarray(self.config.eye_m) + offset
         self._view = self._compute_view()
 
-    def _projection(self, width: int, height: int) -> list[float]:
-        key = (width, height)
-        if key not in self._projections:
-            cfg = self.config
-            self._projections[key] = self.sim.projection_matrix(
-                cfg.fov_deg, width / height, cfg.near_m, cfg.far_m
-            )
-        return self._projections[key]
-
     def rgb(self, width: int, height: int) -> np.ndarray:
         """RGB image, uint8 of shape (height, width, 3)."""
-        return self.sim.render(
-            width, height, self._view, self._projection(width, height), depth=False
-        )[0]
+        return self._render(width, height, self._view, depth=False)
 
     def rgbd(self, width: int, height: int) -> np.ndarray:
         """RGB plus depth as a 4th channel, uint8 of shape (height, width, 4).
@@ -77,14 +94,11 @@ class Camera:
         Depth is the metric distance along the optical axis mapped linearly from
         [near_m, far_m] to [0, 255].
         """
-        rgb, zbuf = self.sim.render(
-            width, height, self._view, self._projection(width, height), depth=True
-        )
-        return with_depth(rgb, zbuf, self.config.near_m, self.config.far_m)
+        return self._render(width, height, self._view, depth=True)
 
     def image(self, width: int, height: int, depth: bool) -> np.ndarray:
         """``rgbd`` when ``depth``, else ``rgb``."""
-        return self.rgbd(width, height) if depth else self.rgb(width, height)
+        return self._render(width, height, self._view, depth)
 
     def info(self, width: int, height: int, depth: bool) -> dict[str, Any]:
         """Intrinsics and pose of the current episode (eye jitter included), JSON-ready."""
@@ -139,7 +153,7 @@ class WristCameraConfig:
     far_m: float = 1.5
 
 
-class WristCamera:
+class WristCamera(_Pinhole):
     """Renders from a camera mounted on a named link of a body; the view follows the link.
 
     Args:
@@ -187,21 +201,9 @@ class WristCamera:
             np.add(position, to_world[0]), np.add(position, to_world[1]), (ux, uy, uz)
         )
 
-    def _projection(self, width: int, height: int) -> list[float]:
-        key = (width, height)
-        if key not in self._projections:
-            cfg = self.config
-            self._projections[key] = self.sim.projection_matrix(
-                cfg.fov_deg, width / height, cfg.near_m, cfg.far_m
-            )
-        return self._projections[key]
-
     def image(self, width: int, height: int, depth: bool) -> np.ndarray:
         """RGB uint8 (height, width, 3), or with depth (as ``Camera.rgbd``) (height, width, 4)."""
-        rgb, zbuf = self.sim.render(
-            width, height, self._view(), self._projection(width, height), depth=depth
-        )
-        return with_depth(rgb, zbuf, self.config.near_m, self.config.far_m) if depth else rgb
+        return self._render(width, height, self._view(), depth)
 
     def info(self, width: int, height: int, depth: bool) -> dict[str, Any]:
         """Intrinsics and mount of the current episode (jitter included), JSON-ready."""
