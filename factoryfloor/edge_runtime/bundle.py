@@ -15,7 +15,8 @@ holding exactly these members:
     network description), ``training`` (the run's TrainConfig), ``metrics``, ``command`` and
     ``files`` (per member: ``bytes`` and ``sha256``).
 ``actor.onnx``
-    ONNX graph: one float32 input per observation key (named as the key, shape
+    ONNX graph: one input per observation key (named as the key, float32, or uint8 for camera
+    images whose space states ``channel_order`` and the ``camera`` they came from; shape
     ``(batch, *shape)``), one output ``action`` of shape ``(batch, *action_shape)``. It contains
     the flattening, the observation normalisation and the action scaling, so it takes the raw
     env observation and returns the action to send to the env.
@@ -180,6 +181,8 @@ class BundlePolicy:
         spaces = manifest["observation"]["spaces"]
         self.keys = list(manifest["observation"]["keys"])
         self._shapes = {k: tuple(spaces[k]["shape"]) for k in self.keys}
+        self.dtypes = {k: np.dtype(spaces[k]["dtype"]) for k in self.keys}
+        self.has_images = any(dtype == np.uint8 for dtype in self.dtypes.values())
         self.action_shape = tuple(manifest["action"]["shape"])
         self._columns: list[tuple[slice, tuple[int, ...]]] = []  # each key's columns in act_flat
         start = 0
@@ -204,10 +207,14 @@ class BundlePolicy:
         weight array no longer agrees with its twin, even when onnxruntime's ReLU turns a NaN
         weight into a finite action.
         """
-        probes = np.random.default_rng(0).normal(size=(PROBES, self.obs_size))
-        probes[0] = 0.0
-        probes = probes.astype(np.float32)
-        action = self.act_flat(probes)
+        rng = np.random.default_rng(0)
+        probes = {}
+        for key in self.keys:
+            shape, dtype = (PROBES, *self._shapes[key]), self.dtypes[key]
+            values = rng.normal(size=shape) if dtype != np.uint8 else rng.integers(0, 256, shape)
+            values[0] = 0
+            probes[key] = values.astype(dtype)
+        action = self.act_batch(probes).reshape(PROBES, -1)
         low = np.asarray(self.manifest["action"]["low"], np.float32)
         high = np.asarray(self.manifest["action"]["high"], np.float32)
         slack = 1e-4 * (high - low)
@@ -222,9 +229,7 @@ class BundlePolicy:
             )
         if NPZ not in members or self.backend == "numpy":
             return
-        twin = NumpyBackend(self.manifest, members).run(
-            [probes[:, cols].reshape(PROBES, *shape) for cols, shape in self._columns]
-        )
+        twin = NumpyBackend(self.manifest, members).run([probes[k] for k in self.keys])
         worst = float(np.max(np.abs(twin.reshape(action.shape) - action)))
         if not worst <= PROBE_TOLERANCE:
             raise BundleError(
@@ -250,12 +255,24 @@ class BundlePolicy:
         return action
 
     def act_batch(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Actions ``(batch, *action_shape)`` for a Dict of arrays ``(batch, *shape)``."""
+        """Actions ``(batch, *action_shape)`` for a Dict of arrays ``(batch, *shape)``.
+
+        Float keys are taken as float32; image keys (``uint8`` in the manifest) must be uint8
+        arrays as the camera gave them (the graph converts them), never floats.
+        """
         inputs = []
         for key in self.keys:
             if key not in obs:
                 raise ValueError(f"observation lacks the key {key!r} (expects {self.keys})")
-            x = np.asarray(obs[key], dtype=np.float32)
+            if self.dtypes[key] == np.uint8:
+                x = np.asarray(obs[key])
+                if x.dtype != np.uint8:
+                    raise ValueError(
+                        f"observation[{key!r}] is {x.dtype}; this bundle takes it as uint8 "
+                        "(0-255, as the camera gives it)"
+                    )
+            else:
+                x = np.asarray(obs[key], dtype=np.float32)
             if x.shape[1:] != self._shapes[key]:
                 raise ValueError(
                     f"observation[{key!r}] has shape {x.shape}; expected (batch, "
@@ -271,6 +288,8 @@ class BundlePolicy:
         The columns are the observation keys' values in the bundle's key order (the edge wire
         order); the runtime's hot path, with no per-key checks beyond the total width.
         """
+        if self.has_images:
+            raise ValueError("this bundle takes uint8 images: give act_batch a dict of arrays")
         if flat.ndim != 2 or flat.shape[1] != self.obs_size:
             raise ValueError(f"flat observations {flat.shape}; expected (batch, {self.obs_size})")
         if flat.dtype != np.float32:

@@ -17,6 +17,7 @@ from factoryfloor.edge_runtime.bundle_archive import BundleError
 
 ONNX = "actor.onnx"
 NPZ = "actor.npz"
+ONNX_TYPES = {"float32": "tensor(float)", "uint8": "tensor(uint8)"}  # manifest dtype -> graph's
 ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "relu": lambda x: np.maximum(x, np.float32(0.0)),
     "tanh": np.tanh,
@@ -110,9 +111,10 @@ def _check_graph_io(session: Any, manifest: dict[str, Any]) -> None:
     if set(inputs) != set(spaces):
         raise BundleError(f"{ONNX} takes inputs {sorted(inputs)}, the manifest {sorted(spaces)}")
     for name, info in inputs.items():
-        if info.type != "tensor(float)" or list(info.shape[1:]) != list(spaces[name]["shape"]):
+        dtype = spaces[name]["dtype"]
+        if info.type != ONNX_TYPES[dtype] or list(info.shape[1:]) != list(spaces[name]["shape"]):
             raise BundleError(
-                f"{ONNX} input {name} is {info.type} {info.shape}; the manifest says float32 "
+                f"{ONNX} input {name} is {info.type} {info.shape}; the manifest says {dtype} "
                 f"(batch, {spaces[name]['shape']})"
             )
     outputs = [o.name for o in session.get_outputs()]

@@ -17,8 +17,9 @@ stay uint8, never converted to float by the runtime).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -53,10 +54,18 @@ class BundleServedPolicy:
         publisher = bundle.signer.key_id if bundle.signer is not None else ""
         self.spec = replace(PolicySpec.from_manifest(bundle.manifest), publisher=publisher)
         # the first inference initialises onnxruntime's kernels (tens of ms): not on a robot's clock
-        self.act_batch([0], np.zeros((1, self.spec.obs_size), np.float32))
+        zeros = {k: np.zeros((1, *bundle.columns[i][1]), bundle.dtypes[k])
+                 for i, k in enumerate(bundle.keys)}  # fmt: skip
+        self.bundle.act_batch(zeros)
 
-    def act_batch(self, sessions: list[int], obs: np.ndarray) -> np.ndarray:
-        """Actions ``(B, action_size)`` for flat observations ``(B, obs_size)``."""
+    def act_batch(self, sessions: list[int], obs: Any) -> np.ndarray:
+        """Actions ``(B, action_size)`` of ``sessions``' observations.
+
+        ``obs`` is flat float32 ``(B, obs_size)``, or, for a bundle with uint8 images, a dict
+        of per-key arrays (``MixedRows``).
+        """
+        if isinstance(obs, Mapping):
+            return self.bundle.act_batch(obs).reshape(len(sessions), -1)
         return self.bundle.act_flat(obs)
 
     def reset(self, session: int) -> None:
