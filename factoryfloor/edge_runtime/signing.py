@@ -30,6 +30,7 @@ import os
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +204,7 @@ class TrustStore:
         env = os.environ.get(TRUST_ENV)
         if env:
             return cls.from_dir(env)
-        return cls.from_dir(DEFAULT_STORE, required=False)
+        return _package_store()
 
     def judge(self, key_id: str | None, origin: str) -> Signer | None:
         """The signer of a verified bundle (None: unsigned), refusing what this store must.
@@ -226,6 +227,12 @@ class TrustStore:
                 "the publisher's .pub file to it if you trust them"
             )
         return Signer(key_id, trusted)
+
+
+@cache
+def _package_store() -> TrustStore:
+    """The package's own store, read once per process (every load without a store uses it)."""
+    return TrustStore.from_dir(DEFAULT_STORE, required=False)
 
 
 def _read_key_file(path: Path, what: str) -> bytes:
