@@ -66,6 +66,22 @@ MISTAKES = {
         ["demos", "record", "factoryfloor/Reach-v0", "--episodes", "0", "--out", "x"],
         ["below 1"],
     ),
+    "demos-obs": (
+        ["demos", "record", "factoryfloor/Reach-v0", "--episodes", "1", "--obs", "rgb"],
+        ["--obs", "invalid choice", "camera"],
+    ),
+    "demos-dataset-id": (
+        ["demos", "record", "factoryfloor/Reach-v0", "--episodes", "1", "--dataset-id", "../up"],
+        ["not a Minari id", "factoryfloor/reach-panda-state-v0"],
+    ),
+    "train-demos-id": (
+        ["train", "factoryfloor/Reach-v0", "--demos", "factoryfloor/nope-v0"],
+        ["no Minari dataset 'factoryfloor/nope-v0'", "demos record"],
+    ),
+    "train-demos-path": (
+        ["train", "factoryfloor/Reach-v0", "--demos", "demos/pp"],
+        ["neither a dataset folder nor a Minari dataset id"],
+    ),
     "demo-no-bundle": (["demo", "--robot", "xarm6"], ["no pretrained bundle", "--policy"]),
 }
 

@@ -23,7 +23,9 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML file of TrainConfig fields (any subset)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--demos", help="demonstrations folder (factoryfloor demos record)")
+    p.add_argument(
+        "--demos", help="demonstrations: a Minari dataset id or folder (factoryfloor demos record)"
+    )
     p.add_argument(
         "--demo-episodes", type=count(0),
         help="without --demos: record this many expert episodes into the run folder first",

@@ -320,14 +320,16 @@ def _end_last_episode(buffer: ReplayBuffer) -> None:
 
 
 def _record_run_demos(cfg: TrainConfig, run_dir: Path) -> Path:
-    """Record ``cfg.demo_episodes`` expert episodes into ``run_dir/demos`` (kept on a rerun)."""
-    from factoryfloor.policies.demos import INDEX, record_demos
+    """Record ``cfg.demo_episodes`` expert episodes under ``run_dir/demos`` (kept on a rerun)."""
+    from factoryfloor.policies.demos import dataset_folder, default_dataset_id, record_demos
 
-    folder = run_dir / "demos"
-    if not (folder / INDEX).is_file():
+    obs_mode = str(cfg.env_kwargs.get("obs_mode", "state"))
+    dataset_id = default_dataset_id(cfg.task, cfg.robot, obs_mode)
+    folder = dataset_folder(dataset_id, run_dir / "demos")
+    if not folder.is_dir():
         record_demos(
-            cfg.task, cfg.demo_episodes, folder, robot=cfg.robot, seed=cfg.seed,
-            progress=bool(cfg.progress_bar),
+            cfg.task, cfg.demo_episodes, run_dir / "demos", robot=cfg.robot, seed=cfg.seed,
+            progress=bool(cfg.progress_bar), obs_mode=obs_mode, dataset_id=dataset_id,
         )  # fmt: skip
     return folder
 
@@ -351,7 +353,8 @@ def _add_demos(
     check_compatible(demos, env, cfg.robot)
     added = seed_replay_buffer(model, demos)
     if cfg.verbose:
-        print(f"replay buffer seeded with {added} demonstration transitions from {cfg.demos}")
+        note = "" if demos.index["verified"] else " (unverified: no factoryfloor.json hashes)"
+        print(f"replay buffer seeded with {added} demonstration transitions from {cfg.demos}{note}")
     if cfg.bc_epochs:
         result = behaviour_clone(
             model, demos, cfg.bc_epochs, cfg.bc_batch_size, cfg.bc_learning_rate, cfg.seed,

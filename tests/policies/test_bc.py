@@ -93,7 +93,7 @@ def test_train_records_demos_clones_and_evaluates_at_step_zero(tmp_path):
         "progress_bar": False, "tensorboard": False, "out": str(run),
     }  # fmt: skip
     train(load_config(REACH, "sac", None, overrides))
-    index = json.loads((run / "demos" / "demos.json").read_text())
+    index = load_demos(run / "demos").index
     assert len(index["episodes"]) == 100 and index["episodes"][0]["seed"] == 0
     bc = json.loads((run / "bc.json").read_text())
     assert bc["epochs"] == 200 and bc["transitions"] == index["total_transitions"]

@@ -1,4 +1,4 @@
-"""Demonstrations: `factoryfloor demos record`, the pickle-free format, and `train --demos`."""
+"""Demonstrations: `factoryfloor demos record` as Minari datasets, and `train --demos`."""
 
 from __future__ import annotations
 
@@ -11,13 +11,21 @@ import numpy as np
 import pytest
 import yaml
 
+from factoryfloor.cli import main
 from factoryfloor.policies import checkpoint as ckpt
 from factoryfloor.policies import run_files
-from factoryfloor.policies.demos import DemosError, index_digest, load_demos, record_demos
+from factoryfloor.policies.demos import (
+    DemosError,
+    dataset_folder,
+    default_dataset_id,
+    load_demos,
+    record_demos,
+)
 from factoryfloor.policies.train import train
 from factoryfloor.policies.train_config import ConfigError, TrainConfig, load_config
 
 REACH = "factoryfloor/Reach-v0"
+REACH_ID = "factoryfloor/reach-panda-state-v0"
 TINY = {
     "learning_starts": 100,
     "buffer_size": 20_000,
@@ -39,58 +47,95 @@ def buffer_size_of(run: Path) -> int:
 
 @pytest.fixture(scope="module")
 def reach_demos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("demos") / "reach"
-    record_demos(REACH, 3, out, seed=0, command="test")
-    return out
+    root = tmp_path_factory.mktemp("demos")
+    record_demos(REACH, 3, root, seed=0, command="test", progress=False)
+    return dataset_folder(REACH_ID, root)
 
 
-def test_record_writes_the_documented_files(reach_demos):
-    index = json.loads((reach_demos / "demos.json").read_text())
-    assert index["format"] == "factoryfloor-demos" and index["format_version"] == 2
-    assert index["env_id"] == REACH and index["robot"] == "panda" and index["command"] == "test"
-    assert sorted(p.name for p in reach_demos.iterdir()) == [
-        "demos.json", "episode_00000.npz", "episode_00001.npz", "episode_00002.npz",
-    ]  # fmt: skip
-    assert len(index["episodes"]) == 3 and all(e["success"] for e in index["episodes"])
-    assert index["total_transitions"] == sum(e["length"] for e in index["episodes"])
-    act_dim = index["action_space"]["shape"][0]
-    for entry in index["episodes"]:
-        with np.load(reach_demos / entry["file"], allow_pickle=False) as data:
-            t = entry["length"]
-            for field in index["observation_space"]:
-                assert data[f"obs/{field['name']}"].shape == (t + 1, *field["shape"])
-            assert data["actions"].shape == (t, act_dim) and data["actions"].dtype == np.float32
-            for key in ("rewards", "terminated", "truncated", "is_success"):
-                assert data[key].shape == (t,)
-            assert data["is_success"][-1] and np.all(np.abs(data["actions"]) <= 1)
+def test_dataset_ids_name_task_robot_and_obs_mode():
+    assert (
+        default_dataset_id("factoryfloor/PickPlace-v0") == "factoryfloor/pick-place-panda-state-v0"
+    )
+    assert default_dataset_id(REACH, "xarm6", "camera") == "factoryfloor/reach-xarm6-camera-v0"
+
+
+def test_record_writes_a_minari_dataset_with_hashes(reach_demos):
+    import minari
+
+    sidecar = json.loads((reach_demos / "factoryfloor.json").read_text())
+    assert sidecar["format"] == "factoryfloor-minari-demos" and sidecar["format_version"] == 3
+    assert (
+        sidecar["env_id"] == REACH and sidecar["robot"] == "panda" and sidecar["command"] == "test"
+    )
+    assert sidecar["storage"] == "parquet" and sidecar["jpeg_encoding"] is False
+    assert sorted(sidecar["files"]) == sorted(
+        [f"{i}/{name}" for i in range(3) for name in ("metadata.json", "part-0.parquet")]
+        + ["metadata.json"]
+    )
+    assert [e["seed"] for e in sidecar["episodes"]] == [0, 1, 2]
+    dataset = minari.MinariDataset(reach_demos)
+    assert dataset.total_episodes == 3 and dataset.spec.dataset_id == REACH_ID
+    assert dataset.total_steps == sidecar["total_transitions"]
+    seeds = [m["seed"] for m in dataset.storage.get_episode_metadata(range(3))]
+    assert seeds == [0, 1, 2]
     demos = load_demos(reach_demos, env_id=REACH)
-    assert demos.total_transitions == index["total_transitions"]
+    assert demos.index["verified"] and demos.total_transitions == sidecar["total_transitions"]
+    for ep, theirs in zip(demos.episodes, dataset.iterate_episodes(), strict=True):
+        t = len(theirs.actions)
+        assert ep["actions"].shape == (t, 4) and ep["actions"].dtype == np.float32
+        np.testing.assert_array_equal(ep["actions"], theirs.actions)
+        for key, value in theirs.observations.items():
+            assert ep[f"obs/{key}"].shape == value.shape == (t + 1, *value.shape[1:])
+        for key in ("rewards", "terminated", "truncated", "is_success"):
+            assert ep[key].shape == (t,)
+        assert ep["is_success"][-1] and np.all(np.abs(ep["actions"]) <= 1)
+        np.testing.assert_array_equal(ep["is_success"], theirs.infos["is_success"][1:])
 
 
-def test_wrong_env_incomplete_and_corrupt_demos_are_refused(reach_demos, tmp_path):
+def test_camera_datasets_keep_uint8_images(tmp_path):
+    pick = "factoryfloor/PickPlace-v0"
+    index = record_demos(pick, 1, tmp_path, obs_mode="camera", command="t", progress=False)
+    assert index["dataset_id"] == "factoryfloor/pick-place-panda-camera-v0"
+    demos = load_demos(dataset_folder(index["dataset_id"], tmp_path), env_id=pick)
+    ep = demos.episodes[0]
+    keys = {"observation", "privileged", "achieved_goal", "desired_goal", "image", "wrist_image"}
+    assert {k[4:] for k in ep if k.startswith("obs/")} == keys
+    t = len(ep["actions"])
+    for key in ("image", "wrist_image"):
+        assert ep[f"obs/{key}"].dtype == np.uint8 and ep[f"obs/{key}"].shape == (t + 1, 84, 84, 3)
+    assert ep["is_success"][-1]
+
+
+def test_ids_paths_roots_and_refusals(reach_demos, tmp_path, monkeypatch):
+    root = reach_demos.parent.parent.parent
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    for given in (REACH_ID, reach_demos, reach_demos.parent, root):  # id, folders, a root of one
+        assert load_demos(given).folder == reach_demos
     with pytest.raises(DemosError, match="recorded on 'factoryfloor/Reach-v0'"):
         load_demos(reach_demos, env_id="factoryfloor/PickPlace-v0")
-    with pytest.raises(DemosError, match=r"no demos\.json"):
+    with pytest.raises(DemosError, match="holds no Minari dataset"):
         load_demos(tmp_path)
-    with pytest.raises(DemosError, match="already holds demonstrations"):
-        record_demos(REACH, 1, reach_demos)
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    index = json.loads((reach_demos / "demos.json").read_text())
-    for entry in index["episodes"]:
-        (bad / entry["file"]).write_bytes((reach_demos / entry["file"]).read_bytes())
-    (bad / "demos.json").write_text(json.dumps({**index, "format_version": 99}))
-    with pytest.raises(DemosError, match="format version 99"):
-        load_demos(bad)
-    index["episodes"][0]["length"] += 1
-    (bad / "demos.json").write_text(json.dumps(index))
-    with pytest.raises(DemosError, match=r"damaged: its contents do not match its index_sha256"):
-        load_demos(bad)
-    index["total_transitions"] += 1  # a consistent index (re-signed) over the same files
-    index["index_sha256"] = index_digest(index)
-    (bad / "demos.json").write_text(json.dumps(index))
-    with pytest.raises(DemosError, match=r"has shape .*expected"):
-        load_demos(bad)
+    with pytest.raises(DemosError, match="no Minari dataset 'factoryfloor/nope-v0' under"):
+        load_demos("factoryfloor/nope-v0")
+    with pytest.raises(DemosError, match="neither a dataset folder nor a Minari dataset id"):
+        load_demos("demos/pp")
+    with pytest.raises(DemosError, match="already exists"):
+        record_demos(REACH, 1, root, progress=False)
+    with pytest.raises(DemosError, match="not a Minari id"):
+        record_demos(REACH, 1, tmp_path, dataset_id="../escape", progress=False)
+    assert not list(root.rglob("*.partial-*"))  # nothing half-written is left behind
+
+
+def test_a_crash_while_recording_leaves_no_dataset(tmp_path, monkeypatch):
+    from factoryfloor.policies import demos_write
+
+    def crash(self, episode):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demos_write.DatasetWriter, "add", crash)
+    with pytest.raises(KeyboardInterrupt):
+        record_demos(REACH, 2, tmp_path, progress=False)
+    assert not (tmp_path / REACH_ID).exists() and not list(tmp_path.rglob("*.partial-*"))
 
 
 def test_train_with_demos_for_another_env_is_refused(tmp_path, reach_demos):
@@ -137,20 +182,51 @@ def test_train_with_demos_seeds_the_replay_buffer(tmp_path, reach_demos, n_envs,
     assert not seen and buffer_size_of(run) == (total + 2) * n_envs
 
 
+def test_minari_round_trip(tmp_path, monkeypatch):
+    """Record with factoryfloor, read with Minari, train from the id, export, load the bundle."""
+    import minari
+
+    from factoryfloor.edge_runtime.bundle import load_bundle
+
+    root = tmp_path / "minari"
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    index = record_demos(REACH, 3, seed=0, command="test", progress=False)  # Minari's root
+    assert index["dataset_id"] == REACH_ID
+    dataset = minari.load_dataset(REACH_ID)
+    assert dataset.total_episodes == 3 and dataset.total_steps == index["total_transitions"]
+    episodes = list(dataset.iterate_episodes())
+    assert all(ep.infos["is_success"][-1] and ep.terminations[-1] for ep in episodes)
+    assert set(episodes[0].observations) == {"observation", "achieved_goal", "desired_goal"}
+
+    run, config = tmp_path / "run", tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "bc_epochs": 1, "bc_batch_size": 8}))
+    args = ["train", REACH, "--demos", REACH_ID, "--timesteps", "2", "--out", str(run),
+            "--config", str(config), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    bc = json.loads((run / "bc.json").read_text())
+    assert bc["epochs"] == 1 and bc["transitions"] == index["total_transitions"]
+    assert bc["demos"] == REACH_ID
+    bundle = tmp_path / "reach.ffpolicy"
+    assert main(["export", str(run), "--out", str(bundle), "--checkpoint", "last"]) == 0
+    policy = load_bundle(bundle, backend="numpy")
+    assert policy.manifest is not None
+
+
 def test_cli_demos_record_smoke(tmp_path):
-    out = tmp_path / "demos"
+    root = tmp_path / "root"
     proc = subprocess.run(
         [sys.executable, "-m", "factoryfloor.cli", "demos", "record", REACH,
-         "--episodes", "2", "--out", str(out), "--seed", "5"],
+         "--episodes", "2", "--out", str(root), "--seed", "5", "--dataset-id", "me/reach-v3"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "wrote 2 episodes" in proc.stdout
-    index = load_demos(out, env_id=REACH).index
+    assert "wrote 2 episodes" in proc.stdout and "me/reach-v3" in proc.stdout
+    index = load_demos(root / "me" / "reach-v3", env_id=REACH).index
     assert [e["seed"] for e in index["episodes"]] == [5, 6] and "demos record" in index["command"]
     again = subprocess.run(
         [sys.executable, "-m", "factoryfloor.cli", "demos", "record", REACH,
-         "--episodes", "2", "--out", str(out)],
+         "--episodes", "2", "--out", str(root), "--dataset-id", "me/reach-v3"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert again.returncode == 2 and "already holds demonstrations" in again.stderr
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1, again.stderr
