@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from factoryfloor.policies.demos import Demos
 from factoryfloor.policies.progress import Progress
+
+if TYPE_CHECKING:
+    from factoryfloor.policies.demos import Demos
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,37 @@ def demo_pairs(demos: Demos) -> tuple[dict[str, np.ndarray], np.ndarray]:
     return obs, actions
 
 
+def policy_inputs(model: Any, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Demonstration observations as the policy takes them, on its device.
+
+    Vectors are normalised with the model's VecNormalize statistics (float32); images stay
+    uint8 (4x less memory than float; the policy scales them per batch) and are made
+    channel-first where SB3 transposed the env's images (``VecTransposeImage``).
+
+    Args:
+        model: The SB3 model.
+        obs: ``{key: (N, *shape)}`` as recorded (the env's layout).
+    """
+    from stable_baselines3.common.preprocessing import is_image_space, maybe_transpose
+
+    space = model.observation_space
+    images = {
+        k for k in obs if k in space.spaces and is_image_space(space[k], check_channels=False)
+    }
+    vectors = {k: v for k, v in obs.items() if k in space.spaces and k not in images}
+    vecnorm = model.get_vec_normalize_env()
+    if vecnorm is not None:  # (it deep-copies what it is given: never the images)
+        vectors = vecnorm.normalize_obs(vectors)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in {**vectors, **{k: obs[k] for k in images}}.items():
+        if key in images:
+            image = np.ascontiguousarray(maybe_transpose(value, space[key]), dtype=np.uint8)
+            out[key] = torch.as_tensor(image, device=model.device)
+        else:
+            out[key] = torch.as_tensor(value, dtype=torch.float32, device=model.device)
+    return out
+
+
 def _deterministic_action(model: Any, obs: dict[str, torch.Tensor]) -> torch.Tensor:
     """The actor's deterministic action in [-1, 1], differentiable (SAC/TQC/TD3 policies)."""
     actor = model.actor
@@ -97,17 +130,16 @@ def behaviour_clone(
         raise ValueError("behaviour cloning needs an off-policy actor (sac, tqc, td3), epochs >= 1")
     start = time.perf_counter()
     obs, actions = demo_pairs(demos)
-    vecnorm = model.get_vec_normalize_env()
-    if vecnorm is not None:
-        obs = vecnorm.normalize_obs(obs)
+    t_obs = policy_inputs(model, obs)
     device = model.device
-    t_obs = {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in obs.items()}
     scaled = np.clip(model.policy.scale_action(actions), -1.0, 1.0)
     t_act = torch.as_tensor(scaled, dtype=torch.float32, device=device)
     optimizer = torch.optim.Adam(model.actor.parameters(), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     generator = torch.Generator().manual_seed(seed)
     model.policy.set_training_mode(True)
+    extractor = model.actor.features_extractor
+    estimator = extractor if getattr(extractor, "estimator", None) is not None else None
     losses = []
     n = len(t_act)
     label = f"behaviour cloning on {n:,} transitions"
@@ -117,8 +149,11 @@ def behaviour_clone(
             total = 0.0
             for i in range(0, n, batch_size):
                 idx = order[i : i + batch_size]
-                predicted = _deterministic_action(model, {k: v[idx] for k, v in t_obs.items()})
+                batch = {k: v[idx] for k, v in t_obs.items()}
+                predicted = _deterministic_action(model, batch)
                 loss = torch.mean((predicted - t_act[idx]) ** 2)
+                if estimator is not None:
+                    loss = loss + estimator.estimator_loss(batch)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -205,6 +205,26 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
             obs[key] = self._cameras[key].image(size, size, self._depth)
         return obs
 
+    def state_observation(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The "state"-mode observation inside an observation of this env's mode.
+
+        In "camera" mode the full state vector is put back together from ``observation`` (the
+        real-cell entries) and ``privileged``, so that a scripted expert, which reads part
+        poses, can label what a camera policy sees. Other modes: the vectors, images left out.
+
+        Args:
+            obs: An observation of this env (any batch shape in front of the vectors).
+        """
+        out = {k: obs[k] for k in ("achieved_goal", "desired_goal")}
+        if not self._split:
+            return {"observation": obs["observation"], **out}
+        real = np.asarray(obs["observation"])
+        vector = np.empty((*real.shape[:-1], self.obs_layout.size), dtype=np.float32)
+        vector[..., self._real_idx] = real
+        if self._priv_idx.size:
+            vector[..., self._priv_idx] = obs["privileged"]
+        return {"observation": vector, **out}
+
     def key_segments(self) -> dict[str, dict[str, slice]]:
         """Vector Dict key -> segment name -> its slice there (see ``observations``)."""
         return key_segments(self.obs_mode, self.obs_layout)

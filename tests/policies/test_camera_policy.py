@@ -1,0 +1,46 @@
+"""The camera actor-critic: the actor reads no privileged key, the shift moves whole pixels."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import SAC
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+import factoryfloor  # noqa: F401
+from factoryfloor.policies.camera_policy import AsymmetricSACPolicy, random_shift
+
+
+def test_random_shift_moves_each_image_by_whole_pixels_within_the_pad():
+    images = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
+    shifted = random_shift(images, 1, torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape
+    for b in range(2):  # the centre 4x4 is the original's, moved by at most one pixel
+        centre = shifted[b, 0, 1:5, 1:5]
+        assert any(
+            torch.equal(centre, images[b, 0, 1 + dy : 5 + dy, 1 + dx : 5 + dx])
+            for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+        )  # fmt: skip
+
+
+def test_actor_action_does_not_depend_on_privileged_state_but_critic_does():
+    env = DummyVecEnv([lambda: gym.make("factoryfloor/PickPlace-v0", obs_mode="camera")])
+    keys = env.envs[0].unwrapped.actor_keys
+    assert "privileged" not in keys and "achieved_goal" not in keys
+    model = SAC(AsymmetricSACPolicy, env, policy_kwargs={"actor_keys": list(keys),
+                "net_arch": [32, 32]}, buffer_size=10, device="cpu", seed=0)  # fmt: skip
+    obs = {k: np.repeat(v[None], 2, 0) for k, v in model.observation_space.sample().items()}
+    other = {
+        **obs,
+        "privileged": obs["privileged"] + 5.0,
+        "achieved_goal": obs["achieved_goal"] + 1,
+    }
+    t, t2 = (model.policy.obs_to_tensor(o)[0] for o in (obs, other))
+    model.policy.set_training_mode(False)  # no random shift
+    with torch.no_grad():
+        a1, a2 = (model.actor(x, deterministic=True) for x in (t, t2))
+        q1, q2 = (model.critic(x, a1)[0] for x in (t, t2))
+    assert torch.equal(a1, a2)
+    assert not torch.allclose(q1, q2)
+    assert not any(p.dim() == 4 for p in model.critic.parameters())  # no convolution in the critic
