@@ -132,31 +132,34 @@ def load_run_model(
     return model, vecnorm, cfg, checkpoint
 
 
+def key_normalization(
+    vecnorm: VecNormalize | None, key: str, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One key's ``n`` elements: mean, std (sqrt(var + eps)), clip low/high (float64).
+
+    A key VecNormalize does not normalise gets the identity (0, 1, -inf, inf).
+    """
+    rms = vecnorm.obs_rms.get(key) if vecnorm is not None and vecnorm.norm_obs else None
+    if vecnorm is not None and key in (vecnorm.norm_obs_keys or []) and rms is not None:
+        return (
+            np.asarray(rms.mean, np.float64).reshape(-1),
+            np.sqrt(np.asarray(rms.var, np.float64) + vecnorm.epsilon).reshape(-1),
+            np.full(n, -vecnorm.clip_obs),
+            np.full(n, vecnorm.clip_obs),
+        )
+    return np.zeros(n), np.ones(n), np.full(n, -np.inf), np.full(n, np.inf)
+
+
 def normalization_arrays(model: BaseAlgorithm, vecnorm: VecNormalize | None) -> dict[str, Any]:
     """Per flattened element: mean, std (sqrt(var + eps)), clip low/high (float64)."""
     space = model.observation_space
     assert isinstance(space, gym.spaces.Dict)
-    means, stds, lows, highs = [], [], [], []
-    for key, sub in space.spaces.items():
-        n = int(np.prod(sub.shape or ()))
-        rms = vecnorm.obs_rms.get(key) if vecnorm is not None and vecnorm.norm_obs else None
-        if vecnorm is not None and key in (vecnorm.norm_obs_keys or []) and rms is not None:
-            means.append(np.asarray(rms.mean, np.float64).reshape(-1))
-            stds.append(np.sqrt(np.asarray(rms.var, np.float64) + vecnorm.epsilon).reshape(-1))
-            lows.append(np.full(n, -vecnorm.clip_obs))
-            highs.append(np.full(n, vecnorm.clip_obs))
-        else:
-            means.append(np.zeros(n))
-            stds.append(np.ones(n))
-            lows.append(np.full(n, -np.inf))
-            highs.append(np.full(n, np.inf))
-    cat = np.concatenate
-    return {
-        "norm_mean": cat(means),
-        "norm_std": cat(stds),
-        "norm_low": cat(lows),
-        "norm_high": cat(highs),
-    }
+    per_key = [
+        key_normalization(vecnorm, key, int(np.prod(sub.shape or ())))
+        for key, sub in space.spaces.items()
+    ]
+    columns = [np.concatenate(c) for c in zip(*per_key, strict=True)]
+    return dict(zip(("norm_mean", "norm_std", "norm_low", "norm_high"), columns, strict=True))
 
 
 def _check_flatten_features(model: BaseAlgorithm) -> None:

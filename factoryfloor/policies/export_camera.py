@@ -22,6 +22,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
 from factoryfloor.policies.camera_policy import AsymmetricSACPolicy
+from factoryfloor.policies.export import key_normalization
 
 
 def is_camera_model(model: BaseAlgorithm) -> bool:
@@ -51,7 +52,7 @@ class CameraDeployedActor(nn.Module):
             for k, img in zip(self.keys, self.images, strict=True)
         ]
         for i, (key, img) in enumerate(zip(self.keys, self.images, strict=True)):
-            mean, std, clip = _norm(vecnorm, key, int(np.prod(space[key].shape)))  # type: ignore[arg-type]
+            mean, std, _, clip = key_normalization(vecnorm, key, int(np.prod(space[key].shape)))  # type: ignore[arg-type]
             if not img:
                 self.register_buffer(f"mean_{i}", torch.as_tensor(mean, dtype=torch.float64))
                 self.register_buffer(f"std_{i}", torch.as_tensor(std, dtype=torch.float64))
@@ -82,16 +83,6 @@ class CameraDeployedActor(nn.Module):
             torch.zeros(1, *s, dtype=torch.uint8 if img else torch.float32)
             for s, img in zip(self.shapes, self.images, strict=True)
         )
-
-
-def _norm(vecnorm: VecNormalize | None, key: str, n: int) -> tuple[np.ndarray, ...]:
-    """Mean, std (sqrt(var + eps)) and clip of one key (identity when not normalised)."""
-    if vecnorm is not None and vecnorm.norm_obs and key in (vecnorm.norm_obs_keys or []):
-        rms = vecnorm.obs_rms[key]
-        mean = np.asarray(rms.mean, np.float64).reshape(-1)
-        std = np.sqrt(np.asarray(rms.var, np.float64) + vecnorm.epsilon).reshape(-1)
-        return mean, std, np.full(n, float(vecnorm.clip_obs))
-    return np.zeros(n), np.ones(n), np.full(n, np.inf)
 
 
 def camera_observation_fields(
