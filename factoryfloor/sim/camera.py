@@ -112,6 +112,14 @@ class Camera(_Pinhole):
         }
 
 
+# The cell camera of obs_mode="camera": nearly overhead (11 degrees off vertical), framing the
+# table's work area (parts x 0.35-0.6 m, y -0.25-0.0 m; bins up to y 0.32 m) and the arm's
+# approach, not the whole cell: 0.74 m across at the table, 0.9 cm/px at 84 px, so a 4 cm
+# part spans 4-5 px (the cell-view default above gives ~1.5 cm/px and leaves half the image
+# to empty table). A real cell mounts such a camera above the table.
+WORKSPACE_CAMERA = CameraConfig(eye_m=(0.62, 0.03, 1.0), target_m=(0.42, 0.03, 0.0), fov_deg=40.0)
+
+
 def with_depth(rgb: np.ndarray, zbuf: np.ndarray | None, near: float, far: float) -> np.ndarray:
     """RGB (H, W, 3) and an OpenGL depth buffer in [0, 1] (H, W) -> uint8 (H, W, 4).
 

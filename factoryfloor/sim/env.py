@@ -14,7 +14,7 @@ from gymnasium.utils import EzPickle
 
 from factoryfloor.robots import get_robot_spec
 from factoryfloor.sim.backend import PhysicsConfig, PyBullet
-from factoryfloor.sim.camera import Camera, CameraConfig, WristCamera
+from factoryfloor.sim.camera import WORKSPACE_CAMERA, Camera, CameraConfig, WristCamera
 from factoryfloor.sim.env_checks import OBS_MODES, RENDER_MODES, check_env_args, checked_action
 from factoryfloor.sim.observations import (
     MODE_KEYS,
@@ -168,8 +168,13 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         mode = MODE_KEYS[obs_mode]
         self._split, self._image_keys = mode.split, mode.image_keys
         self._depth = obs_mode == "rgbd" or camera_depth
+        # "camera" mode's policy camera frames the work area (``WORKSPACE_CAMERA``); the
+        # other modes' ``image`` and ``render()`` show the whole cell from ``self.camera``.
+        self.policy_camera = (
+            Camera(self.sim, WORKSPACE_CAMERA) if obs_mode == "camera" else self.camera
+        )
         self._cameras: dict[str, Camera | WristCamera] = {
-            "image": self.camera,
+            "image": self.policy_camera,
             "wrist_image": self.wrist_camera,
         }
         self._real_idx = self.obs_layout.indices(Source.REAL)
@@ -252,7 +257,9 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         self._goal = self._desired_goal.tolist()
         jitter = self.task.ranges.camera_jitter_m if self.task.randomize else 0.0
         self.camera.reset(self.np_random, jitter)
-        if "wrist_image" in self._image_keys:  # no extra draw in the other modes
+        if "wrist_image" in self._image_keys:  # no extra draws in the other modes
+            if self.policy_camera is not self.camera:
+                self.policy_camera.reset(self.np_random, jitter)
             wrist = self.task.ranges.wrist_camera_jitter_m if self.task.randomize else 0.0
             self.wrist_camera.reset(self.np_random, wrist)
         obs = self._get_obs()

@@ -208,3 +208,45 @@ def test_camera_mode_is_registered_and_refusals_name_it(make_env):
         make_env(ENV_IDS[0], obs_mode="rgb", camera_depth=True)
     with pytest.raises(ValueError, match=r"camera_depth=1 is not supported; .*bool"):
         make_env(ENV_IDS[0], obs_mode="camera", camera_depth=1)
+
+
+def _project(info: dict, points: np.ndarray) -> np.ndarray:
+    """World points (N, 3) -> pixel (u, v) (N, 2) of a pinhole camera from ``camera_info``."""
+    eye, target = np.asarray(info["eye_m"]), np.asarray(info["target_m"])
+    forward = (target - eye) / np.linalg.norm(target - eye)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+    rel = points - eye
+    focal_px = info["height"] / 2 / np.tan(np.radians(info["fov_deg"]) / 2)
+    depth = rel @ forward
+    return np.stack([rel @ right, -(rel @ up)], axis=1) * focal_px / depth[:, None] + 42.0
+
+
+def test_camera_mode_cell_camera_frames_the_work_area(make_env):
+    """Every PickPlace part and bin position lies in the policy's view, at <= 1 cm per pixel."""
+    env = make_env(TASKS["pick_place"].env_id, obs_mode="camera", image_size=84).unwrapped
+    obs, _ = env.reset(seed=0)
+    info, task = env.camera_info()["image"], env.task
+    corners = [
+        [x, y, 0.02]
+        for low, high in ((task.part_low, task.part_high), (task.bin_low, task.bin_high))
+        for x in (low[0], high[0])
+        for y in (low[1], high[1])
+    ]
+    pixels = _project(info, np.asarray(corners))
+    assert pixels.min() >= 4 and pixels.max() <= 80, pixels  # inside, with a margin
+    centre = np.array([[0.47, -0.12, 0.02], [0.48, -0.12, 0.02], [0.47, -0.11, 0.02]])
+    u = _project(info, centre)
+    assert min(np.linalg.norm(u[1] - u[0]), np.linalg.norm(u[2] - u[0])) >= 1.0  # px per cm
+    # The projection above is the renderer's: the part shows where it is projected.
+    part = obs["privileged"][:3].astype(float)  # the part's position (m, world)
+    col, row = np.round(_project(info, part[None])[0]).astype(int)
+    image = env.policy_camera.rgb(84, 84).astype(int)
+    table = image[2, 2]  # a corner: bare table
+    assert np.abs(image[row, col] - table).sum() > 60, (row, col, image[row, col], table)
+    # The other modes and render() keep the whole-cell view.
+    assert env.policy_camera is not env.camera
+    assert make_env(REACH, obs_mode="rgb").unwrapped.camera_info()["image"]["eye_m"] == [
+        1.2, 0.0, 0.9,
+    ]  # fmt: skip
