@@ -15,6 +15,11 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     add_task(p)
     p.add_argument("--robot", type=robot_name, help="robot name: panda or xarm6 (config: panda)")
     p.add_argument("--algo", help="sac, td3, tqc or ppo (default: the task's, e.g. sac for Reach)")
+    p.add_argument(
+        "--obs", choices=("state", "camera"), default="state",
+        help="state: the simulator's full state; camera: the actor sees what a real cell has "
+        "(real-cell state, cell and wrist images; the shipped <task>_sac_camera.yaml)",
+    )  # fmt: skip
     p.add_argument("--timesteps", type=count(1), help="training budget in env steps (total)")
     p.add_argument("--n-envs", type=count(1), help="parallel envs (1: in-process; more: processes)")
     p.add_argument("--seed", type=count(0), help="seed of the model, envs and random generators")
@@ -52,7 +57,9 @@ def run_train(args: argparse.Namespace) -> int:
         "envs_per_actor": args.envs_per_actor, "target_success": args.target_success,
         "max_wall_time_s": args.max_wall_time,
     }  # fmt: skip
-    cfg = resolve_config(args.task, args.algo, args.config, overrides, resume=args.resume)
+    cfg = resolve_config(
+        args.task, args.algo, args.config, overrides, resume=args.resume, obs=args.obs
+    )
     run_dir = training.train(cfg, resume=args.resume)
     summary = training.run_summary(run_dir)
     last = summary["last_evaluation"] or {}

@@ -144,6 +144,7 @@ def record_demos(
     dataset_id: str | None = None,
     storage: str = STORAGE,
     jpeg_encoding: bool = JPEG_ENCODING,
+    image_size: int | None = None,
 ) -> dict[str, Any]:
     """Run the scripted expert and write ``episodes`` episodes as a Minari dataset (format above).
 
@@ -164,6 +165,7 @@ def record_demos(
         dataset_id: Minari dataset id (default: ``default_dataset_id``).
         storage: ``"parquet"`` or ``"arrow"``.
         jpeg_encoding: Store images JPEG-encoded (lossy).
+        image_size: Side of the camera images (px; default: the env's, 84).
 
     Returns:
         The sidecar written (``factoryfloor.json``); the dataset is in
@@ -181,7 +183,9 @@ def record_demos(
         raise DemosError(f"obs mode {obs_mode!r}: record with one of {', '.join(OBS_MODES)}")
     dataset_id = dataset_id or default_dataset_id(env_id, robot, obs_mode)
     _check_id(dataset_id)
-    env_kwargs = {"robot": robot, "obs_mode": obs_mode}
+    env_kwargs: dict[str, Any] = {"robot": robot, "obs_mode": obs_mode}
+    if image_size is not None:
+        env_kwargs["image_size"] = image_size
     max_attempts = max_attempts if max_attempts is not None else 2 * episodes + 10
     env = gym.make(env_id, **env_kwargs)
     try:
@@ -396,9 +400,13 @@ def seed_replay_buffer(model: Any, demos: Demos) -> int:
             f"{demos.total_transitions} demonstration transitions do not fit in the replay "
             f"buffer ({buffer.buffer_size}); raise buffer_size or record fewer episodes"
         )
+    from stable_baselines3.common.preprocessing import maybe_transpose
+
     vecnorm = model.get_vec_normalize_env()
+    space = model.observation_space
     for ep in demos.episodes:
         obs = {k[4:]: v for k, v in ep.items() if k.startswith("obs/")}
+        obs = {k: maybe_transpose(v, space[k]) for k, v in obs.items()}  # images channel-first
         if vecnorm is not None and vecnorm.norm_obs:
             for key, rms in vecnorm.obs_rms.items():
                 rms.update(obs[key])

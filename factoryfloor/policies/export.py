@@ -28,7 +28,7 @@ import factoryfloor  # registers the envs
 from factoryfloor.edge_runtime import bundle as bd
 from factoryfloor.edge_runtime.spec import manifest_sections, space_fields
 from factoryfloor.policies import checkpoint as ckpt
-from factoryfloor.policies.model_files import load_model
+from factoryfloor.policies.model_files import channels_first, load_model
 from factoryfloor.policies.rollout import run_episode
 from factoryfloor.policies.run_files import load_vecnormalize
 from factoryfloor.policies.train_config import TrainConfig
@@ -118,7 +118,7 @@ def load_run_model(
     if cfg.algo not in EXPORTABLE:
         raise ExportError(f"export supports {', '.join(EXPORTABLE)} runs, not {cfg.algo!r}")
     checkpoint = ckpt.read_checkpoint(run / "checkpoints" / which)
-    venv = DummyVecEnv([lambda: gym.make(cfg.task, **cfg.make_kwargs())])
+    venv = channels_first(DummyVecEnv([lambda: gym.make(cfg.task, **cfg.make_kwargs())]))
     vecnorm = None
     try:  # HER models need an env to load; the replay buffer is not needed
         if "vecnormalize" in checkpoint.paths:
@@ -174,9 +174,10 @@ def _check_flatten_features(model: BaseAlgorithm) -> None:
         )
 
 
-def onnx_bytes(module: DeployedActor) -> bytes:
-    """The ONNX graph of ``module`` (batch dimension dynamic)."""
-    dummy = tuple(torch.zeros(1, *s) for s in module.shapes)
+def onnx_bytes(module: Any) -> bytes:
+    """The ONNX graph of ``module`` (batch dimension dynamic; its ``dummy_inputs`` if any)."""
+    dummies = getattr(module, "dummy_inputs", None)
+    dummy = dummies() if dummies else tuple(torch.zeros(1, *s) for s in module.shapes)
     axes = {k: {0: "batch"} for k in [*module.keys, "action"]}
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -252,11 +253,17 @@ def parity_observations(
     finally:
         env.close()
     keys = [k.removeprefix("obs/") for k in parts[0] if k.startswith("obs/")]
-    base = {k: np.concatenate([p[f"obs/{k}"] for p in parts]).astype(np.float32) for k in keys}
+    base = {k: np.concatenate([p[f"obs/{k}"] for p in parts]) for k in keys}
     real = base[keys[0]]
     picks = rng.integers(0, len(real), n - len(real))
     out = {}
     for key, arr in base.items():
+        if arr.dtype == np.uint8:  # images: pixel noise of +-32 levels, kept in 0..255
+            noise = rng.integers(-32, 33, arr[picks].shape)
+            noisy = np.clip(arr[picks].astype(np.int16) + noise, 0, 255).astype(np.uint8)
+            out[key] = np.concatenate([arr, noisy])
+            continue
+        arr = arr.astype(np.float32)
         scale = 0.1 * np.abs(arr[picks]) + 0.05
         noisy = arr[picks] + scale * rng.standard_normal(arr[picks].shape)
         out[key] = np.concatenate([arr, noisy.astype(np.float32)])
@@ -289,12 +296,20 @@ def export_run(run: Path, out: Path, which: str = "best", secret_key: Any = None
         ExportError: For an unsupported run or a failed parity check (no file is left).
         CheckpointError: For a missing or corrupted checkpoint.
     """
+    from factoryfloor.policies.export_camera import CameraDeployedActor, is_camera_model
+
     model, vecnorm, cfg, checkpoint = load_run_model(run, which)
-    _check_flatten_features(model)
-    norm = normalization_arrays(model, vecnorm)
-    module = DeployedActor(model, cfg.algo, norm).eval()
+    arrays: dict[str, np.ndarray] = {}
+    if is_camera_model(model):  # CNN actor: ONNX only, uint8 images in, no privileged key
+        module: Any = CameraDeployedActor(model, vecnorm).eval()
+        actor_info: dict[str, Any] = {"numpy": False}
+        norm: dict[str, Any] = {}
+    else:
+        _check_flatten_features(model)
+        norm = normalization_arrays(model, vecnorm)
+        module = DeployedActor(model, cfg.algo, norm).eval()
+        arrays, actor_info = mlp_arrays(model, cfg.algo)
     members = {bd.ONNX: onnx_bytes(module)}
-    arrays, actor_info = mlp_arrays(model, cfg.algo)
     if arrays:
         buffer = io.BytesIO()
         np.savez(buffer, **norm, **arrays)  # type: ignore[arg-type]
@@ -352,14 +367,20 @@ def build_manifest(
     which: str = "best",
 ) -> dict[str, Any]:
     """Every manifest field but ``files`` (see ``factoryfloor.edge_runtime.bundle``)."""
+    from factoryfloor.policies.export_camera import camera_observation_fields, is_camera_model
+
     env = gym.make(cfg.task, **cfg.make_kwargs())
     try:
         unwrapped: Any = env.unwrapped
         rate_hz = 1.0 / float(unwrapped.sim.physics.control_dt_s)
         control = str(unwrapped.robot.control)
+        camera_info = unwrapped.camera_info()
     finally:
         env.close()
     observation, action = space_fields(model.observation_space, model.action_space, OBS_UNITS)
+    sections = manifest_sections(observation, action, control)
+    if is_camera_model(model):  # the actor's keys only, images with their camera
+        sections["observation"] = camera_observation_fields(model, camera_info, OBS_UNITS)
     evaluations, _ = ckpt.read_evaluations(run)
     provenance = _read_provenance(run / "environment.json")
     return {
@@ -368,7 +389,7 @@ def build_manifest(
         "task_id": cfg.task,
         "robot": cfg.robot,
         "control_rate_hz": rate_hz,
-        **manifest_sections(observation, action, control),
+        **sections,
         "normalization": None
         if vecnorm is None
         else {

@@ -30,6 +30,7 @@ import numpy as np
 from stable_baselines3 import HerReplayBuffer
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 from stable_baselines3.common.utils import FloatSchedule
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -80,6 +81,54 @@ def policy_name(venv: VecEnv | gym.Env[Any, Any]) -> str:
     return "MultiInputPolicy" if dict_obs else "MlpPolicy"
 
 
+def is_camera(cfg: TrainConfig) -> bool:
+    """Whether ``cfg`` trains on ``obs_mode="camera"`` (the asymmetric camera actor-critic)."""
+    return cfg.env_kwargs.get("obs_mode") == "camera"
+
+
+def policy_class(cls: type[BaseAlgorithm], cfg: TrainConfig, venv: VecEnv) -> type[Any]:
+    """The policy class a run of ``cfg`` trains: SB3's for the space, or the camera policy.
+
+    Raises:
+        ConfigError: For camera observations with an algorithm other than SAC.
+    """
+    if not is_camera(cfg):
+        return cls.policy_aliases[policy_name(venv)]  # type: ignore[no-any-return]
+    if cfg.algo != "sac":
+        raise ConfigError(
+            f"obs_mode camera trains the asymmetric SAC actor-critic: set algo: sac, "
+            f"not {cfg.algo!r}"
+        )
+    from factoryfloor.policies.camera_policy import AsymmetricSACPolicy
+
+    return AsymmetricSACPolicy
+
+
+def channels_first(venv: VecEnv) -> VecEnv:
+    """``venv`` with its HWC images transposed to CHW (``VecTransposeImage``), as SB3 wants.
+
+    Applied under VecNormalize, so that the original observations VecNormalize hands to the
+    replay buffer are channel-first like the buffer (SB3 would put the transpose on top).
+    """
+    from stable_baselines3.common.vec_env import VecTransposeImage
+
+    space = venv.observation_space
+    subspaces = space.spaces.values() if isinstance(space, gym.spaces.Dict) else [space]
+    hwc = any(
+        is_image_space(s) and not is_image_space_channels_first(s)  # type: ignore[arg-type]
+        for s in subspaces
+    )
+    return VecTransposeImage(venv) if hwc else venv
+
+
+def vector_keys(venv: VecEnv | gym.Env[Any, Any]) -> list[str] | None:
+    """The Dict keys VecNormalize may normalise: every key but uint8 images; None: all."""
+    space = venv.observation_space
+    if not isinstance(space, gym.spaces.Dict):
+        return None
+    return [k for k, s in space.spaces.items() if getattr(s, "dtype", None) != np.uint8]
+
+
 def hyperparameters(cfg: TrainConfig, venv: VecEnv) -> dict[str, Any]:
     """Constructor arguments of the algorithm taken from the config's fields."""
     kwargs: dict[str, Any] = {
@@ -88,6 +137,8 @@ def hyperparameters(cfg: TrainConfig, venv: VecEnv) -> dict[str, Any]:
         "gamma": cfg.gamma,
         "policy_kwargs": {"net_arch": list(cfg.net_arch), **cfg.policy_kwargs},
     }
+    if is_camera(cfg):  # the actor reads the real-cell keys only (the env's ``actor_keys``)
+        kwargs["policy_kwargs"]["actor_keys"] = list(venv.get_attr("actor_keys", [0])[0])
     if not cfg.off_policy:
         return kwargs
     kwargs.update(
@@ -127,7 +178,7 @@ def supplied_objects(cls: type[BaseAlgorithm], cfg: TrainConfig, env: VecEnv) ->
     args = {**defaults, **cfg.algo_kwargs, **hyperparameters(cfg, env)}
     values = {key: args.get(key) for key in SUPPLIED}
     values.update(
-        policy_class=cls.policy_aliases[policy_name(env)],
+        policy_class=policy_class(cls, cfg, env),
         observation_space=env.observation_space,
         action_space=env.action_space,
         lr_schedule=FloatSchedule(cfg.learning_rate),

@@ -52,9 +52,11 @@ from factoryfloor.policies import checkpoint as ckpt
 from factoryfloor.policies import run_files as rf
 from factoryfloor.policies.model_files import (
     algorithm_class,
+    channels_first,
     hyperparameters,
     load_model,
-    policy_name,
+    policy_class,
+    vector_keys,
 )
 from factoryfloor.policies.provenance import write_environment
 from factoryfloor.policies.train_callback import RunCallback, evaluate_model, stop_on_signals
@@ -106,7 +108,10 @@ def train(
     try:
         tb_dir = _tensorboard_dir(cfg, run_dir)
         if last is None:
-            venv = VecNormalize(venv, norm_reward=False, gamma=cfg.gamma) if cfg.normalize else venv
+            if cfg.normalize:  # images are scaled by the policy, never normalised
+                venv = VecNormalize(
+                    venv, norm_reward=False, gamma=cfg.gamma, norm_obs_keys=vector_keys(venv)
+                )
             model = _build_model(cfg, venv, device, tb_dir)
             if cfg.demos:
                 _add_demos(cfg, model, eval_env, run_dir)
@@ -210,13 +215,14 @@ def _make_training_envs(cfg: TrainConfig) -> VecEnv:
         venv: VecEnv = RayVecEnv(cfg.task, cfg.n_envs, cfg.envs_per_actor, cfg.make_kwargs())
         venv.seed(cfg.seed)
         return venv
-    return make_vec_env(
+    venv = make_vec_env(
         partial(_make_env, cfg.task, cfg.n_envs > 1),
         n_envs=cfg.n_envs,
         seed=cfg.seed,
         vec_env_cls=SubprocVecEnv if cfg.n_envs > 1 else DummyVecEnv,
         env_kwargs=cfg.make_kwargs(),
     )
+    return channels_first(venv)
 
 
 def _make_env(task: str, in_subprocess: bool, **kwargs: Any) -> gym.Env[Any, Any]:
@@ -236,7 +242,7 @@ def _make_eval_env(cfg: TrainConfig) -> gym.Env[Any, Any]:
 def _build_model(cfg: TrainConfig, venv: VecEnv, device: str, tb_dir: Path | None) -> BaseAlgorithm:
     cls = algorithm_class(cfg.algo)
     kwargs: dict[str, Any] = {
-        "policy": policy_name(venv),
+        "policy": policy_class(cls, cfg, venv),
         "env": venv,
         "seed": cfg.seed,
         "device": device,
@@ -330,6 +336,7 @@ def _record_run_demos(cfg: TrainConfig, run_dir: Path) -> Path:
         record_demos(
             cfg.task, cfg.demo_episodes, run_dir / "demos", robot=cfg.robot, seed=cfg.seed,
             progress=bool(cfg.progress_bar), obs_mode=obs_mode, dataset_id=dataset_id,
+            image_size=cfg.env_kwargs.get("image_size"),
         )  # fmt: skip
     return folder
 
@@ -355,18 +362,30 @@ def _add_demos(
     if cfg.verbose:
         note = "" if demos.index["verified"] else " (unverified: no factoryfloor.json hashes)"
         print(f"replay buffer seeded with {added} demonstration transitions from {cfg.demos}{note}")
+    if not cfg.bc_epochs and not cfg.critic_pretrain_steps:
+        return
+    summary: dict[str, Any] = {"demos": cfg.demos}
     if cfg.bc_epochs:
         result = behaviour_clone(
             model, demos, cfg.bc_epochs, cfg.bc_batch_size, cfg.bc_learning_rate, cfg.seed,
             progress=bool(cfg.progress_bar),
         )  # fmt: skip
-        text = json.dumps({"demos": cfg.demos, **result.to_dict()}, indent=1) + "\n"
-        ckpt.atomic_write_text(run_dir / "bc.json", text)
+        summary.update(result.to_dict())
         vecnorm = model.get_vec_normalize_env()
         if vecnorm is not None:  # the cloned actor relies on the demonstrations' statistics
             vecnorm.training = False
         if cfg.verbose:
             print(f"behaviour cloning: {result}")
+    if cfg.critic_pretrain_steps:
+        from factoryfloor.policies.critic_pretrain import pretrain_critic
+
+        critic = pretrain_critic(
+            model, cfg.critic_pretrain_steps, cfg.batch_size, bool(cfg.progress_bar)
+        )
+        summary["critic_pretrain"] = critic.to_dict()
+        if cfg.verbose:
+            print(f"critic pre-training: {critic}")
+    ckpt.atomic_write_text(run_dir / "bc.json", json.dumps(summary, indent=1) + "\n")
 
 
 def _tensorboard_dir(cfg: TrainConfig, run_dir: Path) -> Path | None:

@@ -29,6 +29,8 @@ from factoryfloor.policies import train_config_checks as checks
 from factoryfloor.policies.train_config_checks import ConfigError
 from factoryfloor.sim.registry import BY_ENV_ID, TaskEntry
 
+OBS_CHOICES = ("state", "camera")  # ``--obs``: which shipped config family
+
 # algo -> (module, class, off-policy). A registry, read by validation and by ``train``.
 ALGORITHMS: dict[str, tuple[str, str, bool]] = {
     "sac": ("stable_baselines3", "SAC", True),
@@ -98,6 +100,10 @@ class TrainConfig:
             and stay fixed for the run (the cloned actor relies on them).
         bc_batch_size: Transitions per behaviour-cloning gradient step.
         bc_learning_rate: Initial behaviour-cloning Adam learning rate (cosine decay to 0).
+        critic_pretrain_steps: TD steps fitting the critic to the (cloned) actor on the
+            demonstrations before RL updates start, the actor fixed (0: none;
+            ``factoryfloor.policies.critic_pretrain``): a fresh critic's first gradients
+            would undo the cloned actor.
         ray: Run the training envs in Ray actors (``RayVecEnv``) instead of subprocesses.
         ray_address: Ray cluster to join (``"auto"``, ``"ray://host:10001"``, ...); None starts
             a local Ray.
@@ -146,6 +152,7 @@ class TrainConfig:
     bc_epochs: int = 0
     bc_batch_size: int = 256
     bc_learning_rate: float = 1e-3
+    critic_pretrain_steps: int = 0
     ray: bool = False
     ray_address: str | None = None
     envs_per_actor: int = 4
@@ -238,9 +245,15 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def shipped_config(entry: TaskEntry, algo: str) -> Path | None:
-    """The shipped YAML of a task and algorithm, or None when there is none."""
-    path = resources.files("factoryfloor.policies") / "configs" / entry.config_file(algo)
+def shipped_config(entry: TaskEntry, algo: str, obs: str = "state") -> Path | None:
+    """The shipped YAML of a task, algorithm and obs mode, or None when there is none.
+
+    State configs are ``<task>_<algo>.yaml``; camera ones ``<task>_<algo>_camera.yaml``.
+    """
+    name = entry.config_file(algo)
+    if obs != "state":
+        name = name.removesuffix(".yaml") + f"_{obs}.yaml"
+    path = resources.files("factoryfloor.policies") / "configs" / name
     return Path(str(path)) if path.is_file() else None
 
 
@@ -255,16 +268,21 @@ def load_config(
     algo: str | None = None,
     config_file: Path | None = None,
     overrides: dict[str, Any] | None = None,
+    obs: str = "state",
 ) -> TrainConfig:
     """Resolve a config: defaults < shipped YAML < ``config_file`` < ``overrides``.
 
     Args:
         task: Gymnasium env id.
         algo: Algorithm; None takes the user file's, else the task's
-            ``TaskEntry.default_algo``.
+            ``TaskEntry.default_algo`` (``sac`` for camera observations).
         config_file: Optional user YAML with any subset of the fields.
         overrides: Field values that win over every file (None values are ignored).
+        obs: ``state``, or ``camera``: the shipped camera config of the task (the env's
+            ``obs_mode`` is then camera whatever the files say).
     """
+    if obs not in OBS_CHOICES:
+        raise ConfigError(f"--obs {obs!r}: use one of {', '.join(OBS_CHOICES)}", "obs")
     user = read_yaml(config_file) if config_file is not None else {}
     if "task" in user and user["task"] != task:
         raise ConfigError(
@@ -272,11 +290,21 @@ def load_config(
             f"{task!r}; remove task: from the file or train {checks.show(user['task'])}"
         )
     entry = BY_ENV_ID.get(task)
-    algo = algo or user.get("algo") or (entry.default_algo if entry else "sac")
+    default_algo = "sac" if obs == "camera" or not entry else entry.default_algo
+    algo = algo or user.get("algo") or default_algo
     known = isinstance(algo, str) and algo in ALGORITHMS  # (a file name is made from it)
-    shipped = shipped_config(entry, algo) if entry and known else None
+    shipped = shipped_config(entry, algo, obs) if entry and known else None
+    if obs != "state" and shipped is None:
+        raise ConfigError(
+            f"no shipped {obs} config for {task} with {algo}: train with --obs state, or pass "
+            f"--config FILE.yaml with env_kwargs: {{obs_mode: {obs}}}",
+            "obs",
+        )
     base = read_yaml(shipped) if shipped else {}
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for layer in (base, user, given):  # a layer's env_kwargs replaces the one below it
+        if obs != "state" and (layer is base or "env_kwargs" in layer):
+            layer["env_kwargs"] = {**layer.get("env_kwargs", {}), "obs_mode": obs}
     layers = {"the command-line options": given, f"{config_file}": user, f"{shipped}": base}
     try:
         cfg = TrainConfig(**{**base, **user, **given, "task": task, "algo": algo})
@@ -335,6 +363,7 @@ def resolve_config(
     overrides: dict[str, Any] | None = None,
     *,
     resume: bool = False,
+    obs: str = "state",
 ) -> TrainConfig:
     """``load_config`` for a new run; for ``resume``, the run's own config (``resume_config``).
 
@@ -342,8 +371,8 @@ def resolve_config(
     algorithm and seed.
     """
     if not resume:
-        return load_config(task, algo, config_file, overrides)
+        return load_config(task, algo, config_file, overrides, obs)
     if config_file is not None:
         raise ConfigError("--config cannot be used with --resume (the run's config.yaml is used)")
-    run_dir = run_folder(load_config(task, algo, None, overrides))
+    run_dir = run_folder(load_config(task, algo, None, overrides, obs))
     return resume_config(run_dir, {"task": task, "algo": algo, **(overrides or {})})

@@ -104,6 +104,7 @@ LIMITS: dict[str, Limit] = {
     "bc_epochs": Limit(0, 10_000, "use >= 0 epochs (0: no behaviour cloning)"),
     "bc_batch_size": Limit(1, 65_536, "use a positive batch size, e.g. 256"),
     "bc_learning_rate": Limit(0, 1, "use e.g. 1e-3", True, True),
+    "critic_pretrain_steps": Limit(0, 1_000_000, "use >= 0 steps (0: none)"),
     "envs_per_actor": Limit(1, 256, "use >= 1 environment per actor"),
     "target_success": Limit(0, 1, "use a rate in [0, 1] (0: never)"),
     "max_wall_time_s": Limit(0, 10**9, "use >= 0 seconds (0: no limit)"),
@@ -267,6 +268,11 @@ def rules(cfg: Any, off_policy: bool, algos: list[str], her: tuple[str, ...]) ->
             "bc_epochs",
             not cfg.bc_epochs or with_demos,
             "behaviour cloning needs demonstrations: set demos or demo_episodes",
+        ),
+        (
+            "critic_pretrain_steps",
+            not cfg.critic_pretrain_steps or with_demos,
+            "critic pre-training needs demonstrations: set demos or demo_episodes",
         ),
     ]
 

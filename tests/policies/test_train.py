@@ -318,12 +318,14 @@ def test_device_auto_picks_cuda_when_torch_sees_it(monkeypatch):
 
 def test_shipped_configs_are_valid_named_and_packaged(repo_root):
     files = sorted(CONFIGS.glob("*.yaml"))
-    assert len(files) == 12  # 3 tasks x 4 algorithms
+    assert len(files) == 13  # 3 tasks x 4 algorithms, and PickPlace's camera config
     for path in files:
         cfg = TrainConfig(**read_yaml(path))
         entry = BY_ENV_ID[cfg.task]
-        assert path.name == entry.config_file(cfg.algo) == f"{task_name(cfg.task)}_{cfg.algo}.yaml"
-        assert shipped_config(entry, cfg.algo) == path
+        obs = str(cfg.env_kwargs.get("obs_mode", "state"))
+        suffix = "" if obs == "state" else f"_{obs}"
+        assert path.name == f"{task_name(cfg.task)}_{cfg.algo}{suffix}.yaml"
+        assert shipped_config(entry, cfg.algo, obs) == path
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     data = tomllib.loads((repo_root / "pyproject.toml").read_text())
     patterns = data["tool"]["setuptools"]["package-data"]["factoryfloor.policies"]

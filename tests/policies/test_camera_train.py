@@ -1,0 +1,82 @@
+"""`train --obs camera` end to end: record with images, clone, pre-train the critic, export."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import yaml
+from stable_baselines3 import TD3
+
+from factoryfloor.cli import main
+from factoryfloor.edge_runtime.bundle import load_bundle
+from factoryfloor.policies.export import load_run_model
+from factoryfloor.policies.model_files import policy_class
+from factoryfloor.policies.train_config import ConfigError, load_config
+
+PICK = "factoryfloor/PickPlace-v0"
+TINY = {
+    "timesteps": 24,
+    "demo_episodes": 2,
+    "bc_epochs": 1,
+    "bc_batch_size": 16,
+    "critic_pretrain_steps": 3,
+    "batch_size": 16,
+    "buffer_size": 400,
+    "eval_every_steps": 1_000,
+    "eval_episodes": 1,
+    "progress_bar": False,
+    "tensorboard": False,
+    "env_kwargs": {"image_size": 40},
+}
+
+
+def test_obs_camera_takes_the_shipped_camera_config():
+    cfg = load_config(PICK, obs="camera")
+    assert cfg.env_kwargs["obs_mode"] == "camera" and cfg.algo == "sac"
+    assert cfg.demo_episodes > 0 and cfg.bc_epochs > 0 and cfg.critic_pretrain_steps > 0
+    with pytest.raises(ConfigError, match="asymmetric SAC"):
+        policy_class(TD3, replace(cfg, algo="td3"), None)  # type: ignore[arg-type]
+
+
+def test_no_shipped_camera_config_is_one_clear_error():
+    with pytest.raises(ConfigError, match="no shipped camera config"):
+        load_config("factoryfloor/Reach-v0", obs="camera")
+
+
+@pytest.mark.slow
+def test_camera_run_exports_an_actor_that_reads_no_privileged_key(tmp_path):
+    run, config, bundle = tmp_path / "run", tmp_path / "tiny.yaml", tmp_path / "cam.ffpolicy"
+    config.write_text(yaml.safe_dump(TINY))
+    args = ["train", PICK, "--obs", "camera", "--out", str(run), "--config", str(config),
+            "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    bc = json.loads((run / "bc.json").read_text())
+    assert bc["epochs"] == 1 and bc["critic_pretrain"]["steps"] == 3
+    assert np.isfinite(bc["critic_pretrain"]["last_loss"])
+    assert main(["export", str(run), "--out", str(bundle), "--checkpoint", "last"]) == 0
+
+    policy = load_bundle(bundle)
+    manifest = policy.manifest
+    assert manifest is not None
+    keys = manifest["observation"]["keys"]
+    assert "privileged" not in keys and "achieved_goal" not in keys
+    assert set(keys) == {"observation", "desired_goal", "image", "wrist_image"}
+    for key in ("image", "wrist_image"):
+        entry = manifest["observation"]["spaces"][key]
+        assert entry["dtype"] == "uint8" and entry["shape"] == [40, 40, 3]
+        assert entry["channel_order"] == "HWC" and entry["camera"]["width"] == 40
+    assert manifest["export_check"]["max_abs_diff"]["onnxruntime"] <= 1e-5
+
+    # The bundle acts like the trained actor on a fresh env observation, images as uint8.
+    model, vecnorm, _, _ = load_run_model(run, "last")
+    env = gym.make(PICK, obs_mode="camera", image_size=40)
+    obs, _ = env.reset(seed=11)
+    batch = {k: v[None] for k, v in obs.items()}
+    expected, _ = model.predict(vecnorm.normalize_obs(batch), deterministic=True)
+    got = policy.act_batch({k: batch[k] for k in keys})
+    assert np.max(np.abs(got - expected)) <= 1e-5
+    env.close()
