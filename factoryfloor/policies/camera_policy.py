@@ -109,10 +109,17 @@ class CameraFeatures(BaseFeaturesExtractor):
         observation_space: The (SB3, channel-first) Dict observation space.
         keys: The actor's keys, images and vectors (``env.unwrapped.actor_keys``).
         shift_px: Largest random shift in training mode (px).
+        keypoints_to_actor: Give the actor's head the keypoints too, not just the estimate.
+        detach_estimate: Train the encoder by the estimator loss alone (no action gradient).
     """
 
     def __init__(
-        self, observation_space: gym.spaces.Dict, keys: Sequence[str], shift_px: int = SHIFT_PX
+        self,
+        observation_space: gym.spaces.Dict,
+        keys: Sequence[str],
+        shift_px: int = SHIFT_PX,
+        keypoints_to_actor: bool = True,
+        detach_estimate: bool = False,
     ) -> None:
         spaces = observation_space.spaces
         missing = [k for k in keys if k not in spaces]
@@ -125,7 +132,10 @@ class CameraFeatures(BaseFeaturesExtractor):
         encoders = {k: ImageEncoder(int(spaces[k].shape[0])) for k in self.image_keys}  # type: ignore[index]
         seen = sum(e.out_dim for e in encoders.values())
         estimated = int(spaces[ESTIMATED_KEY].shape[0]) if ESTIMATED_KEY in spaces else 0  # type: ignore[index]
-        size = seen + estimated + sum(int(spaces[k].shape[0]) for k in self.vector_keys)  # type: ignore[index]
+        self.keypoints_to_actor = keypoints_to_actor or not estimated
+        self.detach_estimate = detach_estimate and bool(estimated)
+        vectors = sum(int(spaces[k].shape[0]) for k in self.vector_keys)  # type: ignore[index]
+        size = seen * self.keypoints_to_actor + estimated + vectors
         super().__init__(observation_space, features_dim=size)
         self.encoders = nn.ModuleDict(encoders)
         self.estimator = (
@@ -149,9 +159,15 @@ class CameraFeatures(BaseFeaturesExtractor):
             if self.training:
                 images = random_shift(images, self.shift_px)
             parts.append(self.encoders[key](images))
+        seen = torch.cat(parts, dim=1)
+        if not self.keypoints_to_actor:
+            parts = []
+        elif self.detach_estimate:
+            parts = [seen.detach()]
         if self.estimator is not None:
-            self.last_estimate = self.estimator(torch.cat(parts, dim=1))
-            parts.append(self.last_estimate)
+            self.last_estimate = self.estimator(seen)
+            estimate = self.last_estimate.detach() if self.detach_estimate else self.last_estimate
+            parts.append(estimate)
         parts.extend(observations[k] for k in self.vector_keys)
         return torch.cat(parts, dim=1)
 
@@ -194,10 +210,17 @@ class AsymmetricSACPolicy(MultiInputPolicy):
     """
 
     def __init__(
-        self, *args: Any, actor_keys: Sequence[str] = (), shift_px: int = SHIFT_PX, **kwargs: Any
+        self,
+        *args: Any,
+        actor_keys: Sequence[str] = (),
+        shift_px: int = SHIFT_PX,
+        keypoints_to_actor: bool = True,
+        detach_estimate: bool = False,
+        **kwargs: Any,
     ) -> None:
         self.actor_keys = list(actor_keys)
         self.shift_px = int(shift_px)
+        self.keypoints_to_actor, self.detach_estimate = keypoints_to_actor, detach_estimate
         kwargs["share_features_extractor"] = False
         super().__init__(*args, **kwargs)
 
@@ -205,7 +228,9 @@ class AsymmetricSACPolicy(MultiInputPolicy):
         """The actor on the camera features."""
         space = self.observation_space
         assert isinstance(space, gym.spaces.Dict)
-        features = CameraFeatures(space, self.actor_keys, self.shift_px)
+        features = CameraFeatures(
+            space, self.actor_keys, self.shift_px, self.keypoints_to_actor, self.detach_estimate
+        )
         return super().make_actor(features)
 
     def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> Any:
@@ -216,4 +241,5 @@ class AsymmetricSACPolicy(MultiInputPolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return {**super()._get_constructor_parameters(), "actor_keys": self.actor_keys,
-                "shift_px": self.shift_px}  # fmt: skip
+                "shift_px": self.shift_px, "keypoints_to_actor": self.keypoints_to_actor,
+                "detach_estimate": self.detach_estimate}  # fmt: skip

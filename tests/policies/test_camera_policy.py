@@ -44,3 +44,29 @@ def test_actor_action_does_not_depend_on_privileged_state_but_critic_does():
     assert torch.equal(a1, a2)
     assert not torch.allclose(q1, q2)
     assert not any(p.dim() == 4 for p in model.critic.parameters())  # no convolution in the critic
+
+
+def _camera_model(**policy_kwargs: object) -> SAC:
+    env = DummyVecEnv([lambda: gym.make("factoryfloor/PickPlace-v0", obs_mode="camera")])
+    keys = list(env.envs[0].unwrapped.actor_keys)
+    kwargs = {"actor_keys": keys, "net_arch": [32, 32], **policy_kwargs}
+    return SAC(AsymmetricSACPolicy, env, policy_kwargs=kwargs, buffer_size=10, device="cpu", seed=0)
+
+
+def test_estimate_only_actor_reads_the_state_estimate_not_the_keypoints():
+    full, estimate_only = _camera_model(), _camera_model(keypoints_to_actor=False)
+    dims = [m.actor.features_extractor.features_dim for m in (full, estimate_only)]
+    keypoints = sum(e.out_dim for e in full.actor.features_extractor.encoders.values())
+    assert dims[0] - dims[1] == keypoints == 2 * 2 * 16  # two cameras, 16 (x, y) keypoints each
+
+
+def test_detached_estimate_trains_the_encoder_by_the_estimator_loss_alone():
+    model = _camera_model(keypoints_to_actor=False, detach_estimate=True)
+    obs = {k: np.repeat(v[None], 4, 0) for k, v in model.observation_space.sample().items()}
+    t = model.policy.obs_to_tensor(obs)[0]
+    extractor = model.actor.features_extractor
+    conv = next(p for p in extractor.encoders.parameters() if p.dim() == 4)
+    model.actor(t, deterministic=True).sum().backward()  # an action loss
+    assert conv.grad is None or float(conv.grad.abs().sum()) == 0.0
+    extractor.estimator_loss(t).backward()
+    assert float(conv.grad.abs().sum()) > 0.0
