@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,8 +53,12 @@ class RobotController(ABC):
     description: PolicySpec  # what it tells the server in HELLO (``model_sha256`` unused)
 
     @abstractmethod
-    def read_state(self) -> tuple[np.ndarray, bool]:
-        """The flat float32 observation in spec order, and whether it starts an episode."""
+    def read_state(self) -> tuple[np.ndarray | Mapping[str, np.ndarray], bool]:
+        """The observation and whether it starts an episode.
+
+        The observation is flat float32 in spec order, or (specs with uint8 image fields)
+        a mapping field name -> array that the client packs by the session's layout.
+        """
 
     @abstractmethod
     def apply_action(self, action: np.ndarray) -> None:

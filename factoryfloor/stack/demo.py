@@ -35,7 +35,7 @@ from factoryfloor.sim.registry import TASKS, task_entry
 from factoryfloor.stack import demo_report
 from factoryfloor.stack.demo_console import Console
 from factoryfloor.stack.policy_server import ServerJob, ServerProcess
-from factoryfloor.stack.sim_cell import SimController
+from factoryfloor.stack.sim_cell import SimController, cell_kwargs
 
 LATE_ANSWER_WAIT_S = 0.5  # after a FAULT: how long to wait for the late answer (s)
 
@@ -160,9 +160,10 @@ def run_demo(options: DemoOptions) -> int:
         check_priority(rt)
     options.out.mkdir(parents=True, exist_ok=True)
     console = Console()
+    env_kwargs = {} if policy == "expert" else cell_kwargs(load_bundle(policy).manifest)
     controller = SimController(
         options.task, options.robot, options.episodes, options.seed,
-        render_mode=_render_mode(options, console),
+        render_mode=_render_mode(options, console), env_kwargs=env_kwargs,
     )  # fmt: skip
     view = _start_view(options, controller, console)
     with tempfile.TemporaryDirectory(prefix="ff-demo-") as tmp:

@@ -10,6 +10,7 @@ episodes (``factoryfloor edge run-sim``).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -34,14 +35,42 @@ def describe_env(env: gym.Env[Any, Any], task_id: str, robot: str) -> PolicySpec
     """The interface of a factoryfloor env, as its controller states it in HELLO.
 
     The control rate is exactly ``1 / control_dt_s`` of the env's physics, as in the bundles.
+    In ``obs_mode="camera"`` the observation is the actor keys only, in their order (what a
+    camera bundle takes: real-cell vectors float32, images uint8 HWC); no sim-only key leaves
+    the cell.
     """
-    observation, action = space_fields(env.observation_space, env.action_space, OBS_UNITS)
+    observation, action = space_fields(sent_space(env), env.action_space, OBS_UNITS)
     rate_hz = 1.0 / float(env.unwrapped.sim.physics.control_dt_s)  # type: ignore[attr-defined]
     return PolicySpec(
         task_id=task_id, robot=robot, control_rate_hz=rate_hz,
         observation=observation, action=action,
         control=str(env.unwrapped.robot.control),  # type: ignore[attr-defined]
     )  # fmt: skip
+
+
+def cell_kwargs(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``gymnasium.make`` arguments of a cell that feeds a bundle with this manifest.
+
+    A bundle whose inputs hold uint8 images is a camera bundle: the cell runs in
+    ``obs_mode="camera"`` at the images' size. Others need the default (state) cell.
+    """
+    spaces = manifest["observation"]["spaces"]
+    images = [v["shape"] for v in spaces.values() if v.get("dtype") == "uint8"]
+    return {"obs_mode": "camera", "image_size": int(images[0][0])} if images else {}
+
+
+def sent_keys(env: gym.Env[Any, Any]) -> list[str]:
+    """The observation keys the cell sends: the actor keys in camera mode, else all, sorted."""
+    base: Any = env.unwrapped
+    if getattr(base, "obs_mode", "state") == "camera":
+        return list(base.actor_keys)
+    return sorted(env.observation_space.spaces)  # type: ignore[attr-defined]
+
+
+def sent_space(env: gym.Env[Any, Any]) -> gym.spaces.Dict:
+    """The Dict space of ``sent_keys``, in that order (an OrderedDict: a dict would be sorted)."""
+    spaces = env.observation_space.spaces  # type: ignore[attr-defined]
+    return gym.spaces.Dict(OrderedDict((k, spaces[k]) for k in sent_keys(env)))
 
 
 class SimController(RobotController):
@@ -72,6 +101,8 @@ class SimController(RobotController):
     ) -> None:
         self.env = gym.make(task_id, robot=robot, render_mode=render_mode, **(env_kwargs or {}))
         self.description = describe_env(self.env, task_id, robot)
+        self._keys = sent_keys(self.env)
+        self._images = any(f["dtype"] == "uint8" for f in self.description.observation)
         self.episodes, self.seed = episodes, seed
         self.results: list[dict[str, Any]] = []
         self._commands: list[np.ndarray] = []
@@ -82,8 +113,14 @@ class SimController(RobotController):
         self._steps = 0
         self._last_grip = 1.0
 
-    def read_state(self) -> tuple[np.ndarray, bool]:
-        """Flat observation (keys in sorted order); resets the env at an episode's start."""
+    def read_state(self) -> tuple[np.ndarray | dict[str, np.ndarray], bool]:
+        """The observation this cycle; resets the env at an episode's start.
+
+        Returns:
+            A flat float32 vector of the sent keys, or, when they hold images (camera mode),
+            the mapping key -> array (the client packs it: images stay uint8, rendered
+            this cycle); and whether the observation starts an episode.
+        """
         start = self._obs is None
         if start:
             seed = self.seed + len(self.results)
@@ -92,7 +129,9 @@ class SimController(RobotController):
             if self.on_reset is not None:
                 self.on_reset(seed)
         assert self._obs is not None
-        flat = np.concatenate([np.ravel(self._obs[k]) for k in sorted(self._obs)])
+        if self._images:
+            return {k: self._obs[k] for k in self._keys}, start
+        flat = np.concatenate([np.ravel(self._obs[k]) for k in self._keys])
         return flat.astype(np.float32), start
 
     def apply_action(self, action: np.ndarray) -> None:

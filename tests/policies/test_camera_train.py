@@ -80,3 +80,55 @@ def test_camera_run_exports_an_actor_that_reads_no_privileged_key(tmp_path):
     got = policy.act_batch({k: batch[k] for k in keys})
     assert np.max(np.abs(got - expected)) <= 1e-5
     env.close()
+
+    # The simulated cell feeds the served bundle its camera frames over the edge protocol: the
+    # commands it applied are the bundle's actions on the observations it rendered and sent.
+    _cell_drives_the_served_camera_bundle(policy)
+
+
+def _cell_drives_the_served_camera_bundle(policy) -> None:
+    import threading
+
+    from factoryfloor.edge_runtime.client import EdgeClient
+    from factoryfloor.edge_runtime.controller import ControllerRuntime
+    from factoryfloor.edge_runtime.served import BundleServedPolicy
+    from factoryfloor.edge_runtime.server import PolicyServer, ServerConfig
+    from factoryfloor.stack.sim_cell import SimController, cell_kwargs
+
+    kwargs = cell_kwargs(policy.manifest)
+    assert kwargs == {"obs_mode": "camera", "image_size": 40}
+    controller = SimController(PICK, episodes=1, seed=23, env_kwargs=kwargs)
+    fields = controller.description.observation
+    assert [f["name"] for f in fields] == policy.manifest["observation"]["keys"]
+    assert {f["name"]: f["dtype"] for f in fields}["image"] == "uint8"
+    server = PolicyServer(
+        BundleServedPolicy(policy), ServerConfig(bind="tcp://127.0.0.1:0", poll_timeout_ms=10)
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        runtime = ControllerRuntime(
+            controller, EdgeClient(server.endpoint), hold_window_s=0.02, max_change=np.full(4, 2.0)
+        )
+        runtime.rearm()
+        report = runtime.run(max_cycles=400)
+    finally:
+        server.stop_event.set()
+        thread.join(5)
+        server.close()
+        controller.close()
+    assert report.state == "RUNNING" and len(controller.results) == 1
+    commands = controller.results[0]["commands"]
+    env = gym.make(PICK, **kwargs)
+    obs, _ = env.reset(seed=23)
+    matched = 0
+    for command in commands:
+        expected = policy.act_batch(
+            {k: obs[k][None] for k in policy.manifest["observation"]["keys"]}
+        )
+        matched += bool(np.max(np.abs(expected[0] - command)) <= 1e-5)
+        obs, *_ = env.step(command)
+    env.close()
+    # every answered cycle applies the bundle's action; a held cycle (a late answer on a
+    # loaded machine) repeats the last one, and those are counted by the safety layer
+    assert matched >= len(commands) - report.safety["held"] and matched > len(commands) // 2
