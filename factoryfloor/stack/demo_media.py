@@ -38,6 +38,7 @@ LINE_PX = 22  # height of one overlay line (pixels)
 BAND_PX = 2 * LINE_PX + 12  # the text band above the camera image (pixels, even)
 HOLD_S = 1.0  # how long the last frame of an episode, with its outcome, stays on screen (s)
 VIDEO_SIZE = (480, 360)  # camera image (width, height) in pixels, both even
+POLICY_VIEW_KEYS = ("image", "wrist_image")  # camera-mode images shown beside the cell view
 
 # A wide view from the front right: the whole table, the bin (or belt) and the arm at full
 # reach fit in the frame, with room above the arm.
@@ -70,6 +71,23 @@ def overlay(frame: np.ndarray, lines: list[tuple[str, tuple[int, int, int]]]) ->
     return np.vstack([band, frame])
 
 
+def beside(frame: np.ndarray, images: list[np.ndarray]) -> np.ndarray:
+    """``frame`` (H x W RGB) with ``images`` stacked in a column on its right.
+
+    Each image (uint8 RGB, any square size, e.g. the policy's 84x84 views) is scaled with
+    nearest-neighbour (its pixels stay visible) to ``H / len(images)`` px square.
+
+    Returns:
+        A new uint8 frame of H x (W + H / len(images)) pixels (even sizes for H.264).
+    """
+    side = (frame.shape[0] // len(images)) // 2 * 2
+    column = np.zeros((frame.shape[0], side, 3), np.uint8)
+    for i, image in enumerate(images):
+        scaled = cv2.resize(image[..., :3], (side, side), interpolation=cv2.INTER_NEAREST)
+        column[i * side : (i + 1) * side] = scaled
+    return np.hstack([frame, column])
+
+
 def hold_frames(fps: float) -> int:
     """Extra copies of an episode's last frame that keep it on screen ``HOLD_S`` (>= 0)."""
     return max(0, round(HOLD_S * fps) - 1)
@@ -82,6 +100,7 @@ def write_replay_video(
     path: Path,
     fps: float,
     step_latency_ms: list[list[float | None]] | None = None,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> int:
     """Re-simulate ``episodes`` (``seed``, ``commands``, ``success``) and write an MP4.
 
@@ -97,11 +116,13 @@ def write_replay_video(
         fps: Frames per second (the control rate plays it in real time); may be non-integer.
         step_latency_ms: Per episode and step, the round trip of the applied action (ms), or
             None where the step held or braked.
+        env_kwargs: The cell's ``gymnasium.make`` arguments; in ``obs_mode="camera"`` each
+            frame shows, right of the cell view, the images the policy acted on at that step.
 
     Returns:
         Frames written, held frames included.
     """
-    env = gym.make(task_id, robot=robot)
+    env = gym.make(task_id, robot=robot, **(env_kwargs or {}))
     camera = Camera(env.unwrapped.sim, DEMO_VIEW)  # type: ignore[attr-defined]
     try:
         with VideoWriter(path, fps) as video:
@@ -139,12 +160,15 @@ def _replay_episode(
     Returns:
         The last frame written (outcome shown), or None for an episode without a step.
     """
-    env.reset(seed=int(episode["seed"]))
+    obs, _ = env.reset(seed=int(episode["seed"]))
+    keys = [k for k in POLICY_VIEW_KEYS if k in obs]
     frame = None
     for t, command in enumerate(episode["commands"]):
-        env.step(command)
+        seen = [obs[k] for k in keys]  # what the policy acted on for this command
+        obs, *_ = env.step(command)
         ms = latencies[t] if t < len(latencies) else None
-        frame = overlay(camera.rgb(*VIDEO_SIZE), _lines(*index, t, episode, ms))
+        view = beside(camera.rgb(*VIDEO_SIZE), seen) if seen else camera.rgb(*VIDEO_SIZE)
+        frame = overlay(view, _lines(*index, t, episode, ms))
         video.write(frame)
     return frame
 

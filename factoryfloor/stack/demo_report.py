@@ -105,7 +105,7 @@ def write_outputs(
     with console.status("rendering the video"):
         frames = demo_media.write_replay_video(
             options.task, options.robot, shown, out / "demo.mp4",
-            controller.description.control_rate_hz, latencies,
+            controller.description.control_rate_hz, latencies, controller.env_kwargs,
         )  # fmt: skip
     metrics["video"] = {"path": str(out / "demo.mp4"), "frames": frames, "episodes": len(shown)}
     samples = metrics["round_trip_samples_ms"]

@@ -99,7 +99,8 @@ class SimController(RobotController):
         render_mode: str | None = None,
         env_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        self.env = gym.make(task_id, robot=robot, render_mode=render_mode, **(env_kwargs or {}))
+        self.env_kwargs = dict(env_kwargs or {})
+        self.env = gym.make(task_id, robot=robot, render_mode=render_mode, **self.env_kwargs)
         self.description = describe_env(self.env, task_id, robot)
         self._keys = sent_keys(self.env)
         self._images = any(f["dtype"] == "uint8" for f in self.description.observation)

@@ -108,3 +108,32 @@ def test_a_short_run_needs_what_the_rate_permits(rate, episodes, needed):
     from factoryfloor.stack.demo_report import required_successes
 
     assert required_successes(rate, episodes) == needed
+
+
+def test_camera_cell_video_shows_what_the_policy_saw_beside_the_cell_view():
+    import cv2
+    import gymnasium as gym
+
+    from factoryfloor.stack.demo_media import DEMO_VIEW, Camera, _replay_episode
+
+    kwargs = {"obs_mode": "camera", "image_size": 40}
+    commands = np.random.default_rng(0).uniform(-1, 1, (3, 4)).astype(np.float32)
+    episode = {"seed": 3, "commands": commands, "success": False}
+    frames: list[np.ndarray] = []
+
+    class Frames:
+        def write(self, frame: np.ndarray) -> None:
+            frames.append(frame)
+
+    env = gym.make("factoryfloor/PickPlace-v0", **kwargs)
+    _replay_episode(env, Camera(env.unwrapped.sim, DEMO_VIEW), episode, (0, 1), [], Frames())
+    obs, _ = env.reset(seed=3)
+    width, height = VIDEO_SIZE
+    for frame, command in zip(frames, commands, strict=True):
+        assert frame.shape == (BAND_PX + height, width + height // 2, 3)
+        column = frame[BAND_PX:, width:]
+        for i, key in enumerate(("image", "wrist_image")):  # the images this command came from
+            seen = cv2.resize(obs[key], (height // 2, height // 2), interpolation=cv2.INTER_NEAREST)
+            assert np.array_equal(column[i * height // 2 : (i + 1) * height // 2], seen)
+        obs, *_ = env.step(command)
+    env.close()
