@@ -92,16 +92,23 @@ def demo_policy(options: DemoOptions) -> str:
         BundleError: For a missing, corrupt or tampered bundle, or one made for another task
             or robot.
     """
+    return _demo_policy_and_cell(options)[0]
+
+
+def _demo_policy_and_cell(options: DemoOptions) -> tuple[str, dict[str, Any]]:
+    """``demo_policy`` and the cell's ``gymnasium.make`` arguments for it (``cell_kwargs``)."""
     policy = options.policy if options.policy is not None else _pretrained(options)
+    env_kwargs: dict[str, Any] = {}
     if policy != "expert":
         manifest = load_bundle(policy).manifest
+        env_kwargs = cell_kwargs(manifest)
         made_for = (manifest["task_id"], manifest["robot"])
         if made_for != (options.task, options.robot):
             raise BundleError(
                 f"{policy} was made for {made_for[0]} with {made_for[1]}; pass --task "
                 f"{made_for[0]} --robot {made_for[1]}, or another --policy"
             )
-    return policy
+    return policy, env_kwargs
 
 
 def _pretrained(options: DemoOptions) -> str:
@@ -154,13 +161,13 @@ def _render_mode(options: DemoOptions, console: Console) -> str | None:
 
 def run_demo(options: DemoOptions) -> int:
     """Run the demo (see the module docstring); returns the exit status."""
-    policy = demo_policy(options)  # bad input fails here, before anything starts or is written
+    # bad input fails here, before anything starts or is written
+    policy, env_kwargs = _demo_policy_and_cell(options)
     rt = options.rt_priority
     if rt is not None:
         check_priority(rt)
     options.out.mkdir(parents=True, exist_ok=True)
     console = Console()
-    env_kwargs = {} if policy == "expert" else cell_kwargs(load_bundle(policy).manifest)
     controller = SimController(
         options.task, options.robot, options.episodes, options.seed,
         render_mode=_render_mode(options, console), env_kwargs=env_kwargs,

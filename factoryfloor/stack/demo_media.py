@@ -167,8 +167,8 @@ def _replay_episode(
         seen = [obs[k] for k in keys]  # what the policy acted on for this command
         obs, *_ = env.step(command)
         ms = latencies[t] if t < len(latencies) else None
-        view = beside(camera.rgb(*VIDEO_SIZE), seen) if seen else camera.rgb(*VIDEO_SIZE)
-        frame = overlay(view, _lines(*index, t, episode, ms))
+        view = camera.rgb(*VIDEO_SIZE)
+        frame = overlay(beside(view, seen) if seen else view, _lines(*index, t, episode, ms))
         video.write(frame)
     return frame
 
