@@ -111,6 +111,9 @@ class CameraFeatures(BaseFeaturesExtractor):
         shift_px: Largest random shift in training mode (px).
         keypoints_to_actor: Give the actor's head the keypoints too, not just the estimate.
         detach_estimate: Train the encoder by the estimator loss alone (no action gradient).
+        estimate_dims: Indices into ``privileged`` that the estimator learns (the env's
+            ``visible_privileged``: what one frame shows); None: all of them.
+        estimator_weight: Weight of the estimator's loss beside the action loss.
     """
 
     def __init__(
@@ -120,6 +123,8 @@ class CameraFeatures(BaseFeaturesExtractor):
         shift_px: int = SHIFT_PX,
         keypoints_to_actor: bool = True,
         detach_estimate: bool = False,
+        estimate_dims: Sequence[int] | None = None,
+        estimator_weight: float = 1.0,
     ) -> None:
         spaces = observation_space.spaces
         missing = [k for k in keys if k not in spaces]
@@ -131,7 +136,13 @@ class CameraFeatures(BaseFeaturesExtractor):
         self.vector_keys = [k for k in keys if k not in self.image_keys]
         encoders = {k: ImageEncoder(int(spaces[k].shape[0])) for k in self.image_keys}  # type: ignore[index]
         seen = sum(e.out_dim for e in encoders.values())
-        estimated = int(spaces[ESTIMATED_KEY].shape[0]) if ESTIMATED_KEY in spaces else 0  # type: ignore[index]
+        available = int(spaces[ESTIMATED_KEY].shape[0]) if ESTIMATED_KEY in spaces else 0  # type: ignore[index]
+        dims = list(range(available)) if estimate_dims is None else [int(i) for i in estimate_dims]
+        if any(not 0 <= i < available for i in dims):
+            raise ValueError(f"estimate_dims {dims} are not indices into {available} entries")
+        self.estimate_dims = dims
+        self.estimator_weight = float(estimator_weight)
+        estimated = len(dims)
         self.keypoints_to_actor = keypoints_to_actor or not estimated
         self.detach_estimate = detach_estimate and bool(estimated)
         vectors = sum(int(spaces[k].shape[0]) for k in self.vector_keys)  # type: ignore[index]
@@ -172,12 +183,15 @@ class CameraFeatures(BaseFeaturesExtractor):
         return torch.cat(parts, dim=1)
 
     def estimator_loss(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean squared error of the last forward's estimate of the (normalised) sim-only state.
+        """Weighted mean squared error of the estimate of the visible sim-only entries.
+
+        The last forward's estimate against ``privileged[:, estimate_dims]`` (normalised units).
 
         A training signal only: in simulation the true ``privileged`` vector supervises what
         the encoder must find in the images (where the part is, which part it is).
         """
-        return torch.mean((self.last_estimate - observations[ESTIMATED_KEY]) ** 2)
+        target = observations[ESTIMATED_KEY][:, self.estimate_dims]
+        return self.estimator_weight * torch.mean((self.last_estimate - target) ** 2)
 
 
 class StateFeatures(BaseFeaturesExtractor):
@@ -206,6 +220,8 @@ class AsymmetricSACPolicy(MultiInputPolicy):
         *args: As ``MultiInputPolicy``.
         actor_keys: The keys the actor may read (no privileged key).
         shift_px: Largest augmentation shift (px).
+        keypoints_to_actor, detach_estimate, estimate_dims, estimator_weight: As
+            ``CameraFeatures``.
         **kwargs: As ``MultiInputPolicy`` (``net_arch``, ``n_critics``, ...).
     """
 
@@ -216,11 +232,15 @@ class AsymmetricSACPolicy(MultiInputPolicy):
         shift_px: int = SHIFT_PX,
         keypoints_to_actor: bool = True,
         detach_estimate: bool = False,
+        estimate_dims: Sequence[int] | None = None,
+        estimator_weight: float = 1.0,
         **kwargs: Any,
     ) -> None:
         self.actor_keys = list(actor_keys)
         self.shift_px = int(shift_px)
         self.keypoints_to_actor, self.detach_estimate = keypoints_to_actor, detach_estimate
+        self.estimate_dims = None if estimate_dims is None else [int(i) for i in estimate_dims]
+        self.estimator_weight = float(estimator_weight)
         kwargs["share_features_extractor"] = False
         super().__init__(*args, **kwargs)
 
@@ -229,8 +249,9 @@ class AsymmetricSACPolicy(MultiInputPolicy):
         space = self.observation_space
         assert isinstance(space, gym.spaces.Dict)
         features = CameraFeatures(
-            space, self.actor_keys, self.shift_px, self.keypoints_to_actor, self.detach_estimate
-        )
+            space, self.actor_keys, self.shift_px, self.keypoints_to_actor, self.detach_estimate,
+            self.estimate_dims, self.estimator_weight,
+        )  # fmt: skip
         return super().make_actor(features)
 
     def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> Any:
@@ -242,4 +263,5 @@ class AsymmetricSACPolicy(MultiInputPolicy):
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return {**super()._get_constructor_parameters(), "actor_keys": self.actor_keys,
                 "shift_px": self.shift_px, "keypoints_to_actor": self.keypoints_to_actor,
-                "detach_estimate": self.detach_estimate}  # fmt: skip
+                "detach_estimate": self.detach_estimate, "estimate_dims": self.estimate_dims,
+                "estimator_weight": self.estimator_weight}  # fmt: skip

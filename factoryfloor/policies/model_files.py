@@ -139,6 +139,9 @@ def hyperparameters(cfg: TrainConfig, venv: VecEnv) -> dict[str, Any]:
     }
     if is_camera(cfg):  # the actor reads the real-cell keys only (the env's ``actor_keys``)
         kwargs["policy_kwargs"]["actor_keys"] = list(venv.get_attr("actor_keys", [0])[0])
+        kwargs["policy_kwargs"].setdefault(
+            "estimate_dims", list(venv.get_attr("visible_privileged", [0])[0])
+        )
     if not cfg.off_policy:
         return kwargs
     kwargs.update(

@@ -81,6 +81,8 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
             from the cell layout, images): what a deployable actor may be given.
         privileged_keys: Dict keys holding any sim-only entry (for a critic, for HER).
         obs_layout: The declared segments of the state vector (``observations.ObsLayout``).
+        visible_privileged: Indices into ``privileged`` of the entries one camera frame shows
+            (what a camera actor's estimator learns to read off its images).
 
     Raises:
         ValueError: For a refused argument, before any pybullet world exists: its name, the
@@ -181,6 +183,7 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         self._priv_idx = self.obs_layout.indices(Source.PRIVILEGED)
         self._vector_keys = vector_keys(obs_mode, self.obs_layout)
         self.actor_keys, self.privileged_keys = split_keys(self._vector_keys, self._image_keys)
+        self.visible_privileged = [int(i) for i in self.obs_layout.visible_privileged()]
 
     def _make_observation_space(self) -> spaces.Dict:
         box: dict[str, spaces.Space[Any]] = {

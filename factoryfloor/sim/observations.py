@@ -40,12 +40,16 @@ class ObsSegment:
         size: Number of floats.
         source: ``Source.REAL`` or ``Source.PRIVILEGED``.
         units: Units and frame, for manifests (e.g. ``"m, world"``).
+        visible: Whether one camera frame shows it (a position, which part it is); a camera
+            policy's estimator learns the visible sim-only entries, not rates such as a
+            velocity, which a single frame cannot hold.
     """
 
     name: str
     size: int
     source: Source
     units: str
+    visible: bool = True
 
 
 def real(name: str, size: int, units: str) -> ObsSegment:
@@ -53,9 +57,9 @@ def real(name: str, size: int, units: str) -> ObsSegment:
     return ObsSegment(name, size, Source.REAL, units)
 
 
-def privileged(name: str, size: int, units: str) -> ObsSegment:
-    """A segment that exists only in simulation."""
-    return ObsSegment(name, size, Source.PRIVILEGED, units)
+def privileged(name: str, size: int, units: str, visible: bool = True) -> ObsSegment:
+    """A segment that exists only in simulation (``visible``: one camera frame shows it)."""
+    return ObsSegment(name, size, Source.PRIVILEGED, units, visible)
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,17 @@ class ObsLayout:
             if s.source is source:
                 out.extend(range(start, start + s.size))
             start += s.size
+        return np.array(out, dtype=np.int64)
+
+    def visible_privileged(self) -> np.ndarray:
+        """Indices, into the ``privileged`` vector, of the entries one camera frame shows."""
+        out: list[int] = []
+        start = 0
+        for s in self.segments:
+            if s.source is Source.PRIVILEGED:
+                if s.visible:
+                    out.extend(range(start, start + s.size))
+                start += s.size
         return np.array(out, dtype=np.int64)
 
     def slices(self, source: Source) -> dict[str, slice]:

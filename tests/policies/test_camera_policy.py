@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 from stable_baselines3 import SAC
 from stable_baselines3.common.vec_env import DummyVecEnv
@@ -70,3 +71,30 @@ def test_detached_estimate_trains_the_encoder_by_the_estimator_loss_alone():
     assert conv.grad is None or float(conv.grad.abs().sum()) == 0.0
     extractor.estimator_loss(t).backward()
     assert float(conv.grad.abs().sum()) > 0.0
+
+
+def test_estimator_learns_the_visible_entries_only_with_its_weight():
+    env = gym.make("factoryfloor/PickPlace-v0", obs_mode="camera").unwrapped
+    visible = env.visible_privileged  # part position and shape, not its velocity
+    assert visible == [0, 1, 2, 6, 7, 8]
+    model = _camera_model(estimate_dims=visible)
+    extractor = model.actor.features_extractor
+    assert extractor.estimator[-1].out_features == len(visible)
+    obs = {k: np.repeat(v[None], 4, 0) for k, v in model.observation_space.sample().items()}
+    t = model.policy.obs_to_tensor(obs)[0]
+    model.policy.set_training_mode(False)
+    with torch.no_grad():
+        model.actor(t, deterministic=True)
+        loss = extractor.estimator_loss(t)
+        moved = dict(t, privileged=t["privileged"].clone())
+        moved["privileged"][:, 3:6] += 100.0  # the velocity: not the estimator's target
+        assert torch.equal(extractor.estimator_loss(moved), loss)
+        moved["privileged"][:, 0] += 1.0
+        assert not torch.allclose(extractor.estimator_loss(moved), loss)  # the position is
+        extractor.estimator_weight = 4.0
+        assert torch.allclose(extractor.estimator_loss(t), 4.0 * loss)
+
+
+def test_estimate_dims_outside_the_privileged_vector_are_refused():
+    with pytest.raises(ValueError, match="estimate_dims"):
+        _camera_model(estimate_dims=[0, 9])

@@ -66,6 +66,22 @@ def test_actor_keys_hold_no_privileged_entry(make_env, env_id):
     assert ("privileged" in hidden) == bool(declared)
 
 
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_visible_privileged_entries_are_the_frames_positions_not_rates(make_env, env_id):
+    env = make_env(env_id, obs_mode="camera").unwrapped
+    named = env.key_segments().get("privileged", {})
+    segments = {s.name: s for s in env.obs_layout.segments}
+    expected = [
+        i for name, where in named.items() if segments[name].visible
+        for i in range(where.start, where.stop)
+    ]  # fmt: skip
+    assert env.visible_privileged == expected
+    for name in named:  # a rate is not in one frame; a position is
+        assert segments[name].visible == ("velocity" not in name), name
+    if named:
+        assert env.visible_privileged, "a task with sim-only state gives the estimator nothing"
+
+
 def key_segments_of_state(env) -> dict:
     """Segment name -> slice of the state-mode ``observation``."""
     return env.unwrapped.key_segments()["observation"]

@@ -110,7 +110,7 @@ class ConveyorPickTask(Task):
             for i in range(len(self.parts))
             for seg in (
                 privileged(f"part_{i}_position", 3, "m, world"),
-                privileged(f"part_{i}_velocity", 3, "m/s, world"),
+                privileged(f"part_{i}_velocity", 3, "m/s, world", visible=False),
             )
         )
         return (*per_part, real("belt_speed", 1, "m/s along +y"))

@@ -98,7 +98,7 @@ class PickPlaceTask(Task):
         """
         return (
             privileged("part_position", 3, "m, world"),
-            privileged("part_velocity", 3, "m/s, world"),
+            privileged("part_velocity", 3, "m/s, world", visible=False),
             privileged("part_shape_one_hot", len(self.shapes), "one-hot over sorted shapes"),
         )
 
