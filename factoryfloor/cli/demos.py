@@ -33,6 +33,22 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_robot(rec)
     rec.add_argument("--seed", type=count(0), default=0, help="seed of the first episode")
     rec.add_argument("--keep-failures", action="store_true", help="keep failed episodes too")
+    rec.add_argument(
+        "--action-noise", type=_noise, default=0.0, metavar="STD",
+        help="std of Gaussian noise on the expert's motion commands, in normalised action units "
+        "(DART: the episodes show it correcting; default 0)",
+    )  # fmt: skip
+
+
+def _noise(text: str) -> float:
+    """A noise std in [0, 1] (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:  # (NaN fails too)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a noise std in [0, 1], e.g. 0.2")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     index = record_demos(
         args.task, args.episodes, args.out, args.robot, args.seed, not args.keep_failures,
-        obs_mode=args.obs, dataset_id=args.dataset_id,
+        obs_mode=args.obs, dataset_id=args.dataset_id, action_noise=args.action_noise,
     )  # fmt: skip
     n_ok = sum(e["success"] for e in index["episodes"])
     print(

@@ -34,12 +34,14 @@ losslessly in less than a tenth of arrow's size, so datasets are written as parq
 ``jpeg_encoding=False``; state datasets are a few kB per episode either way.
 
 The sidecar ``factoryfloor.json`` holds ``format`` (``"factoryfloor-minari-demos"``),
-``format_version`` (3), ``dataset_id``, ``env_id``, ``robot``, ``obs_mode``, ``env_kwargs``,
+``format_version`` (4), ``dataset_id``, ``env_id``, ``robot``, ``obs_mode``, ``env_kwargs``,
 ``storage``, ``jpeg_encoding``, ``observation_space`` and ``action_space`` (the fields of
 ``factoryfloor.edge_runtime.spec.space_fields``), ``episodes`` (``{"id", "seed", "length",
 "success", "return"}``), ``total_transitions``, ``only_successful``, ``attempts`` (episodes run,
-counting the failed ones skipped), ``factoryfloor_version``, ``command``, ``files`` (the SHA-256 of
-every other file of the folder, metadata included) and ``sidecar_sha256`` (of the rest).
+counting the failed ones skipped), ``action_noise`` (the std of the noise on the expert's motion
+commands while recording, 0: none; the actions stored are those executed),
+``factoryfloor_version``, ``command``, ``files`` (the SHA-256 of every other file of the folder,
+metadata included) and ``sidecar_sha256`` (of the rest).
 
 ``load_demos`` reads any Minari dataset (arrow or parquet) whose spaces match the training env,
 factoryfloor's or not, and trusts nothing (``demos_checks``, ``demos_read``): damage is one
@@ -72,9 +74,10 @@ from factoryfloor.policies.demos_checks import (  # noqa: F401  (re-exported: th
     digest,
 )
 from factoryfloor.policies.progress import Progress
-from factoryfloor.policies.rollout import run_episode
+from factoryfloor.policies.rollout import run_episode, with_action_noise
 
 STORAGE, JPEG_ENCODING = "parquet", False  # measured above: lossless and small
+NOISE_STREAM = 0xDA27  # second word of the recording noise's seed, beside the attempt's seed
 OBS_MODES = ("state", "camera")
 ID_EXAMPLE = "factoryfloor/reach-panda-state-v0"
 
@@ -145,6 +148,7 @@ def record_demos(
     storage: str = STORAGE,
     jpeg_encoding: bool = JPEG_ENCODING,
     image_size: int | None = None,
+    action_noise: float = 0.0,
 ) -> dict[str, Any]:
     """Run the scripted expert and write ``episodes`` episodes as a Minari dataset (format above).
 
@@ -166,6 +170,9 @@ def record_demos(
         storage: ``"parquet"`` or ``"arrow"``.
         jpeg_encoding: Store images JPEG-encoded (lossy).
         image_size: Side of the camera images (px; default: the env's, 84).
+        action_noise: Std of Gaussian noise on the expert's motion commands (normalised
+            action units; ``rollout.with_action_noise``, seeded per attempt): the episodes
+            show it correcting; the actions stored are those executed. 0: none.
 
     Returns:
         The sidecar written (``factoryfloor.json``); the dataset is in
@@ -195,7 +202,7 @@ def record_demos(
             label = f"recording {env_id} expert demonstrations"
             with Progress(label, episodes, "episodes", enabled=progress) as bar:
                 written, attempts = _record(
-                    env, writer, episodes, seed, only_successful, max_attempts, bar
+                    env, writer, episodes, seed, only_successful, max_attempts, bar, action_noise
                 )
             return writer.finish({
                 "env_id": env_id, "robot": robot, "obs_mode": obs_mode, "env_kwargs": env_kwargs,
@@ -203,6 +210,7 @@ def record_demos(
                 "observation_space": observation, "action_space": action, "episodes": written,
                 "total_transitions": sum(e["length"] for e in written),
                 "only_successful": only_successful, "attempts": attempts,
+                "action_noise": action_noise,
                 "factoryfloor_version": _version(),
                 "command": command if command is not None else shlex.join(sys.argv),
             })  # fmt: skip
@@ -215,7 +223,7 @@ def record_demos(
 
 def _record(
     env: gym.Env[Any, Any], writer: Any, episodes: int, seed: int, only_successful: bool,
-    max_attempts: int, bar: Progress,
+    max_attempts: int, bar: Progress, action_noise: float = 0.0,
 ) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
     """Run expert attempts (seeds ``seed``, ``seed + 1``, ...) until ``episodes`` are written.
 
@@ -239,7 +247,9 @@ def _record(
                 f"only {len(written)} of {episodes} successful episodes in {attempts} attempts "
                 f"of the expert; pass only_successful=False (--keep-failures) to keep failures"
             )
-        episode = run_episode(env, act, seed + attempts, reset_policy=expert.reset, keep=True)
+        rng = np.random.default_rng([seed + attempts, NOISE_STREAM])
+        policy = with_action_noise(act, action_noise, rng)
+        episode = run_episode(env, policy, seed + attempts, reset_policy=expert.reset, keep=True)
         attempts += 1
         if only_successful and not episode.success:
             continue

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = "factoryfloor-minari-demos"
-# 3: Minari datasets with a factoryfloor.json sidecar (2: .npz folders + demos.json, retired).
-FORMAT_VERSION = 3
+# 4: Minari datasets with a factoryfloor.json sidecar that states the recording's action noise
+# (3: the same without it; 2: .npz folders + demos.json, retired).
+FORMAT_VERSION = 4
 SIDECAR = "factoryfloor.json"
 METADATA = "metadata.json"
 STORAGES = ("arrow", "parquet")
@@ -93,6 +94,7 @@ SIDECAR_FIELDS: dict[str, tuple[Check, str]] = {
     "total_transitions": (_nat(0), "an integer >= 0"),
     "attempts": (_nat(0), "an integer >= 0"),
     "only_successful": (_is(bool), "true or false"),
+    "action_noise": (lambda v: _finite(v) and 0 <= v <= 1, "a noise std in [0, 1]"),
     "command": (_is(str), "a string"),
     "factoryfloor_version": (_is(str), "a string"),
     "files": (_files, "a mapping of relative file paths to 64 hex digits"),

@@ -112,3 +112,30 @@ def _keep(
     episode.terminated.append(bool(terminated))
     episode.truncated.append(bool(truncated))
     episode.is_success.append(bool(info.get("is_success", False)))
+
+
+def with_action_noise(act: Policy, std: float, rng: np.random.Generator) -> Policy:
+    """``act`` with Gaussian noise on its motion commands (DART's noise injection).
+
+    Recording an expert this way shows it correcting from off its path, which cloning needs
+    (a cloned actor drifts off the expert's states). The noise is zero-mean and independent of
+    the state, so the mean action a regression fits is still the expert's (up to the clip).
+
+    Args:
+        act: The policy; its actions are in [-1, 1], the last entry the gripper command.
+        std: Standard deviation of the noise (normalised action units; 0: ``act`` itself).
+        rng: Source of the noise (seed it per episode for a reproducible recording).
+
+    Returns:
+        A policy whose actions are ``act``'s plus the noise on every entry but the last
+        (the gripper command is left alone), clipped to [-1, 1], float32.
+    """
+    if std <= 0:
+        return act
+
+    def noisy(obs: Obs) -> np.ndarray:
+        action = np.array(act(obs), dtype=np.float32)
+        action[:-1] += rng.normal(0.0, std, size=action.shape[0] - 1).astype(np.float32)
+        return np.clip(action, -1.0, 1.0)
+
+    return noisy

@@ -336,7 +336,7 @@ def _record_run_demos(cfg: TrainConfig, run_dir: Path) -> Path:
         record_demos(
             cfg.task, cfg.demo_episodes, run_dir / "demos", robot=cfg.robot, seed=cfg.seed,
             progress=bool(cfg.progress_bar), obs_mode=obs_mode, dataset_id=dataset_id,
-            image_size=cfg.env_kwargs.get("image_size"),
+            image_size=cfg.env_kwargs.get("image_size"), action_noise=cfg.demo_action_noise,
         )  # fmt: skip
     return folder
 

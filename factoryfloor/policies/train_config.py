@@ -94,6 +94,10 @@ class TrainConfig:
             spaces. ``None``: no demonstrations. A resumed run does not add them again.
         demo_episodes: When ``demos`` is not given, record this many scripted-expert episodes
             into ``<run folder>/demos`` first and use them as ``demos`` (0: none).
+        demo_action_noise: Std of the Gaussian noise on the expert's motion commands while
+            those episodes are recorded (normalised action units; DART, see
+            ``rollout.with_action_noise``): the demonstrations then show the expert correcting
+            from off its path. 0: none.
         bc_epochs: Behaviour cloning of the actor on the demonstrations before reinforcement
             learning starts: passes over the transitions (0: none; ``factoryfloor.policies.bc``).
             With it, the observation normalisation statistics are those of the demonstrations
@@ -149,6 +153,7 @@ class TrainConfig:
     verbose: int = 0
     demos: str | None = None
     demo_episodes: int = 0
+    demo_action_noise: float = 0.0
     bc_epochs: int = 0
     bc_batch_size: int = 256
     bc_learning_rate: float = 1e-3

@@ -101,6 +101,7 @@ LIMITS: dict[str, Limit] = {
     "torch_threads": Limit(0, 1024, "use 0 (torch's default) or a few threads"),
     "verbose": Limit(0, 2, "use 0, 1 or 2"),
     "demo_episodes": Limit(0, 100_000, "use >= 0 episodes (0: none)"),
+    "demo_action_noise": Limit(0, 1, "use a noise std in [0, 1], e.g. 0.2 (0: none)"),
     "bc_epochs": Limit(0, 10_000, "use >= 0 epochs (0: no behaviour cloning)"),
     "bc_batch_size": Limit(1, 65_536, "use a positive batch size, e.g. 256"),
     "bc_learning_rate": Limit(0, 1, "use e.g. 1e-3", True, True),
@@ -264,6 +265,11 @@ def rules(cfg: Any, off_policy: bool, algos: list[str], her: tuple[str, ...]) ->
         ),
         ("demos", off_policy or not cfg.demos, "demos seed a replay buffer: sac, td3, tqc"),
         ("demo_episodes", off_policy or not cfg.demo_episodes, "use sac, td3 or tqc"),
+        (
+            "demo_action_noise",
+            not cfg.demo_action_noise or (cfg.demo_episodes and not cfg.demos),
+            "the noise applies to episodes train records: set demo_episodes, not demos",
+        ),
         (
             "bc_epochs",
             not cfg.bc_epochs or with_demos,

@@ -63,7 +63,7 @@ def test_record_writes_a_minari_dataset_with_hashes(reach_demos):
     import minari
 
     sidecar = json.loads((reach_demos / "factoryfloor.json").read_text())
-    assert sidecar["format"] == "factoryfloor-minari-demos" and sidecar["format_version"] == 3
+    assert sidecar["format"] == "factoryfloor-minari-demos" and sidecar["format_version"] == 4
     assert (
         sidecar["env_id"] == REACH and sidecar["robot"] == "panda" and sidecar["command"] == "test"
     )
@@ -230,3 +230,66 @@ def test_cli_demos_record_smoke(tmp_path):
     )  # fmt: skip
     assert again.returncode == 2 and "already exists" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1, again.stderr
+
+
+def test_action_noise_moves_the_motion_commands_only_and_keeps_the_mean():
+    from factoryfloor.policies.rollout import with_action_noise
+
+    def clean(obs):
+        return np.array([0.2, -0.3, 0.0, 1.0], dtype=np.float32)
+
+    assert with_action_noise(clean, 0.0, np.random.default_rng(0)) is clean
+    noisy = with_action_noise(clean, 0.1, np.random.default_rng(0))
+    actions = np.array([noisy({}) for _ in range(4000)])
+    assert actions.dtype == np.float32 and np.all(np.abs(actions) <= 1)
+    assert np.all(actions[:, 3] == 1.0)  # the gripper command is left alone
+    np.testing.assert_allclose(actions[:, :3].mean(0), [0.2, -0.3, 0.0], atol=0.01)
+    np.testing.assert_allclose(actions[:, :3].std(0), 0.1, rtol=0.1)
+    edge = with_action_noise(lambda obs: np.ones(4, np.float32), 0.5, np.random.default_rng(1))
+    assert np.all(np.array([edge({}) for _ in range(100)]) <= 1.0)  # clipped to the box
+
+
+def test_noisy_recording_stores_what_ran_and_repeats_with_its_seed(tmp_path):
+    from factoryfloor.policies.scripted import make_expert
+
+    sidecars, demos = [], []
+    for i, noise in enumerate((0.3, 0.3, 0.0)):
+        root = tmp_path / str(i)
+        sidecars.append(
+            record_demos(REACH, 2, root, seed=7, progress=False, action_noise=noise, command="t")
+        )
+        demos.append(load_demos(dataset_folder(REACH_ID, root), env_id=REACH))
+    assert [s["action_noise"] for s in sidecars] == [0.3, 0.3, 0.0]
+    for a, b in zip(demos[0].episodes, demos[1].episodes, strict=True):  # same seed: same run
+        np.testing.assert_array_equal(a["actions"], b["actions"])
+    noisy, clean = demos[0].episodes[0], demos[2].episodes[0]
+    assert not np.array_equal(noisy["actions"][:5], clean["actions"][:5])
+    # The stored actions are the ones that ran: replaying them gives the stored observations.
+    import gymnasium as gym
+
+    env = gym.make(REACH)
+    obs, _ = env.reset(seed=sidecars[0]["episodes"][0]["seed"])
+    for t, action in enumerate(noisy["actions"]):
+        np.testing.assert_allclose(obs["observation"], noisy["obs/observation"][t], atol=1e-6)
+        obs, *_ = env.step(action)
+    expert = make_expert(env)  # and they differ from the expert's own commands
+    obs, _ = env.reset(seed=sidecars[0]["episodes"][0]["seed"])
+    assert not np.allclose(expert.act(obs)[:3], noisy["actions"][0][:3])
+    env.close()
+
+
+def test_cli_refuses_a_bad_noise_in_one_line(tmp_path, capsys):
+    for bad in ("nan", "2", "-0.1", "much"):
+        args = ["demos", "record", REACH, "--episodes", "1", "--out", str(tmp_path),
+                "--action-noise", bad]  # fmt: skip
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "is not a noise std in [0, 1]" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_recording_noise_without_a_recording_is_refused(reach_demos):
+    with pytest.raises(ConfigError, match="demo_action_noise"):
+        load_config(REACH, None, None, {"demos": str(reach_demos), "demo_action_noise": 0.2})
+    cfg = load_config(REACH, None, None, {"demo_episodes": 3, "demo_action_noise": 0.2})
+    assert cfg.demo_action_noise == 0.2
