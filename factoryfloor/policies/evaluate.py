@@ -61,6 +61,31 @@ def _check_obs_shapes(
         raise ValueError(f"{what} expects observations {shapes}, but the env gives {env_shapes}")
 
 
+def bundle_env_kwargs(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``gymnasium.make`` arguments of an env that feeds a bundle with this manifest.
+
+    A bundle whose inputs hold uint8 images is a camera bundle: its env runs in
+    ``obs_mode="camera"`` at the images' size (pixels). Others need the default (state) env.
+    """
+    spaces = manifest["observation"]["spaces"]
+    images = [v["shape"] for v in spaces.values() if v.get("dtype") == "uint8"]
+    return {"obs_mode": "camera", "image_size": int(images[0][0])} if images else {}
+
+
+def policy_env_kwargs(policy: str) -> dict[str, Any]:
+    """The ``gymnasium.make`` arguments a policy needs (a camera bundle: camera mode).
+
+    Raises:
+        BundleError: For a bundle that does not verify (``edge_runtime.bundle.read_bundle``).
+    """
+    path = Path(policy)
+    if policy in POLICIES or path.suffix != ".ffpolicy" or not path.is_file():
+        return {}
+    from factoryfloor.edge_runtime.bundle import read_bundle
+
+    return bundle_env_kwargs(read_bundle(path.read_bytes(), str(path))[0])
+
+
 def _bundle_policy(path: Path) -> PolicyFactory:
     """A ``.ffpolicy`` bundle (``factoryfloor.edge_runtime.bundle``), run without torch."""
 
@@ -137,7 +162,8 @@ def evaluate(
         robot: Robot name.
         video: Optional ``.mp4`` path: the cell camera over the first ``video_episodes``.
         video_episodes: Episodes recorded when ``video`` is given.
-        env_kwargs: Extra keyword arguments for ``gymnasium.make``.
+        env_kwargs: Extra keyword arguments for ``gymnasium.make`` (over those the policy
+            needs: a camera bundle's env is made in camera mode, ``policy_env_kwargs``).
 
     Raises:
         ValueError: With the valid choices, for an unknown policy or a bad episode count.
@@ -145,7 +171,7 @@ def evaluate(
     make_policy = resolve_policy(policy)
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    kwargs = {"robot": robot, **(env_kwargs or {})}
+    kwargs = {"robot": robot, **policy_env_kwargs(policy), **(env_kwargs or {})}
     if video is not None:
         kwargs["render_mode"] = "rgb_array"
     env = gym.make(env_id, **kwargs)

@@ -25,6 +25,7 @@ from factoryfloor.edge_runtime.controller import (
     RobotController,
 )
 from factoryfloor.edge_runtime.spec import PolicySpec, space_fields
+from factoryfloor.policies.evaluate import bundle_env_kwargs
 from factoryfloor.sim.env import OBS_UNITS
 
 STANDSTILL_M_S = 0.005  # TCP speed below which the arm counts as standing still (m/s)
@@ -54,9 +55,7 @@ def cell_kwargs(manifest: dict[str, Any]) -> dict[str, Any]:
     A bundle whose inputs hold uint8 images is a camera bundle: the cell runs in
     ``obs_mode="camera"`` at the images' size. Others need the default (state) cell.
     """
-    spaces = manifest["observation"]["spaces"]
-    images = [v["shape"] for v in spaces.values() if v.get("dtype") == "uint8"]
-    return {"obs_mode": "camera", "image_size": int(images[0][0])} if images else {}
+    return bundle_env_kwargs(manifest)
 
 
 def sent_keys(env: gym.Env[Any, Any]) -> list[str]:

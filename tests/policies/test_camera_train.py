@@ -13,6 +13,7 @@ from stable_baselines3 import TD3
 
 from factoryfloor.cli import main
 from factoryfloor.edge_runtime.bundle import load_bundle
+from factoryfloor.policies.evaluate import evaluate, policy_env_kwargs
 from factoryfloor.policies.export import load_run_model
 from factoryfloor.policies.model_files import policy_class
 from factoryfloor.policies.train_config import ConfigError, load_config
@@ -81,6 +82,12 @@ def test_camera_run_exports_an_actor_that_reads_no_privileged_key(tmp_path):
     got = policy.act_batch({k: batch[k] for k in keys})
     assert np.max(np.abs(got - expected)) <= 1e-5
     env.close()
+
+    # `factoryfloor eval TASK --policy CAMERA.ffpolicy` makes the camera env the bundle needs.
+    assert policy_env_kwargs(str(bundle)) == {"obs_mode": "camera", "image_size": 40}
+    assert policy_env_kwargs("expert") == {}
+    result = evaluate(PICK, str(bundle), episodes=1, seed=5)
+    assert result.episodes == 1 and result.mean_episode_length >= 1
 
     # The simulated cell feeds the served bundle its camera frames over the edge protocol: the
     # commands it applied are the bundle's actions on the observations it rendered and sent.

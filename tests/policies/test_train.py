@@ -318,7 +318,7 @@ def test_device_auto_picks_cuda_when_torch_sees_it(monkeypatch):
 
 def test_shipped_configs_are_valid_named_and_packaged(repo_root):
     files = sorted(CONFIGS.glob("*.yaml"))
-    assert len(files) == 13  # 3 tasks x 4 algorithms, and PickPlace's camera config
+    assert len(files) == 14  # 3 tasks x 4 algorithms, and the camera configs of the pick tasks
     for path in files:
         cfg = TrainConfig(**read_yaml(path))
         entry = BY_ENV_ID[cfg.task]
