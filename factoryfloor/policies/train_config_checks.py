@@ -267,8 +267,8 @@ def rules(cfg: Any, off_policy: bool, algos: list[str], her: tuple[str, ...]) ->
         ("demo_episodes", off_policy or not cfg.demo_episodes, "use sac, td3 or tqc"),
         (
             "demo_action_noise",
-            not cfg.demo_action_noise or (cfg.demo_episodes and not cfg.demos),
-            "the noise applies to episodes train records: set demo_episodes, not demos",
+            not cfg.demo_action_noise or cfg.demo_episodes,
+            "the noise applies to the episodes train records: set demo_episodes",
         ),
         (
             "bc_epochs",

@@ -293,3 +293,17 @@ def test_recording_noise_without_a_recording_is_refused(reach_demos):
         load_config(REACH, None, None, {"demos": str(reach_demos), "demo_action_noise": 0.2})
     cfg = load_config(REACH, None, None, {"demo_episodes": 3, "demo_action_noise": 0.2})
     assert cfg.demo_action_noise == 0.2
+
+
+def test_train_records_its_demos_with_the_configured_noise(tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config(
+        REACH, "sac", None,
+        {**TINY, "timesteps": 1, "out": str(run), "demo_episodes": 2, "demo_action_noise": 0.1,
+         "bc_epochs": 1},
+    )  # fmt: skip
+    train(cfg)
+    folder = dataset_folder(REACH_ID, run / "demos")
+    sidecar = json.loads((folder / "factoryfloor.json").read_text())
+    assert sidecar["action_noise"] == 0.1 and len(sidecar["episodes"]) == 2
+    assert (run / "bc.json").is_file()
