@@ -6,7 +6,8 @@ the Dict observation, the VecNormalize statistics and the action scaling in one 
 exports it to ONNX and, for MLP actors, to NumPy arrays, and writes the bundle atomically.
 Before the file appears, the bundle checks itself: on ``PARITY_OBSERVATIONS`` observations (real
 env observations from random-action episodes plus perturbations of them) the actions of both
-backends must equal SB3's ``model.predict(obs, deterministic=True)`` within ``PARITY_TOLERANCE``.
+backends must equal SB3's ``model.predict(obs, deterministic=True)`` within ``PARITY_TOLERANCE``
+(``CAMERA_PARITY_TOLERANCE`` for a CNN actor: see there).
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ from factoryfloor.sim.env import OBS_UNITS
 
 PARITY_OBSERVATIONS = 1000
 PARITY_TOLERANCE = 1e-5
+# A trained camera actor's float32 convolutions and spatial softmax round differently in torch
+# and onnxruntime: on the PickPlace camera bundle torch's own float32 actions are 1.4e-5 from
+# the same actor run in float64, onnxruntime's 1.9e-5, so 1e-5 between them is below what
+# float32 holds; 5e-5 keeps a margin and still catches any real mismatch (a wrong input order,
+# normalisation or channel order moves actions by 1e-2 and more).
+CAMERA_PARITY_TOLERANCE = 5e-5
 OPSET = 17
 SQUASHED_MEAN = ("sac", "tqc")  # actor's Gaussian mean through tanh, scaled to the bounds
 DIRECT_ACTOR = ("td3",)  # actor(obs) is already the tanh output, scaled to the bounds
@@ -322,14 +329,15 @@ def export_run(run: Path, out: Path, which: str = "best", secret_key: Any = None
         loaded = bd.bundle_from_bytes(data, backend, trust=UNTRUSTING)
         diffs[backend] = measure_parity(model, vecnorm, loaded, obs)
     worst = max(diffs.values())
-    if not worst <= PARITY_TOLERANCE:
+    tolerance = CAMERA_PARITY_TOLERANCE if is_camera_model(model) else PARITY_TOLERANCE
+    if not worst <= tolerance:
         raise ExportError(
             f"export parity check failed: max |bundle - SB3 predict| = {worst:.3g} > "
-            f"{PARITY_TOLERANCE:g} ({diffs}); no bundle written"
+            f"{tolerance:g} ({diffs}); no bundle written"
         )
     manifest["export_check"] = {
         "observations": len(next(iter(obs.values()))),
-        "tolerance": PARITY_TOLERANCE,
+        "tolerance": tolerance,
         "max_abs_diff": diffs,
     }
     data = bd.pack_bundle(manifest, members, secret_key)

@@ -88,7 +88,7 @@ def _tally(base: bytes, n: int, seed: int, trust, attacker) -> Counter:
 
 
 def test_corrupted_signed_bundles_never_load_changed_with_a_trust_store(fresh, keys):
-    """1,200 corrupted copies (400 of each base): 0 tracebacks, 0 loaded with a changed or
+    """400 corrupted copies of each base (the shipped bundles, a fresh one): 0 tracebacks, 0 loaded with a changed or
     unsigned content. The few that load are header flips that leave every member intact."""
     attacker = signing.load_secret_key(keys["attacker"])
     release = signing.TrustStore.from_dir(signing.DEFAULT_STORE)
@@ -96,17 +96,17 @@ def test_corrupted_signed_bundles_never_load_changed_with_a_trust_store(fresh, k
     total: Counter = Counter()
     bases = [(path.read_bytes(), release) for path in SHIPPED]
     bases.append((fresh["signed"].read_bytes(), publisher))
-    assert len(bases) == 3
+    assert len(bases) == len(SHIPPED) + 1 >= 3
     for i, (base, store) in enumerate(bases):
         assert judge(base, base, store)[0] == "same"  # the original loads
         total += _tally(base, 400, seed=i, trust=store, attacker=attacker)
-    assert sum(total.values()) == 1200
+    assert sum(total.values()) == 400 * len(bases)
     kinds = {kind for kind, _ in total}
     assert len(kinds) == 14, kinds
     loaded = {kind for kind, outcome in total if outcome == "same"}
     assert loaded <= {"bit flip"}, total  # a flip in a header field nothing reads
     refused = sum(v for (_, outcome), v in total.items() if outcome == "refused")
-    assert refused >= 1150, total
+    assert refused >= 0.95 * 400 * len(bases), total
 
 
 def test_corrupted_unsigned_bundles_raise_only_bundle_error(fresh, keys):
@@ -160,7 +160,7 @@ def test_trust_env_variable_is_the_store(fresh, keys, monkeypatch):
 
 def test_shipped_bundles_are_signed_by_the_release_key():
     release = signing.TrustStore.from_dir(signing.DEFAULT_STORE)
-    assert len(release.keys) == 1
+    assert len(release.keys) == 2  # the first release key, and the second (camera bundle)
     for path in SHIPPED:
         signer = bd.load_bundle(path, trust=signing.DEFAULT_STORE).signer
         assert signer is not None and signer.trusted and signer.key_id in release.keys
