@@ -88,8 +88,9 @@ def _tally(base: bytes, n: int, seed: int, trust, attacker) -> Counter:
 
 
 def test_corrupted_signed_bundles_never_load_changed_with_a_trust_store(fresh, keys):
-    """400 corrupted copies of each base (the shipped bundles, a fresh one): 0 tracebacks, 0 loaded with a changed or
-    unsigned content. The few that load are header flips that leave every member intact."""
+    """400 corrupted copies of each base (the shipped bundles, a fresh one): 0 tracebacks, 0
+    loaded with a changed or unsigned content. The few that load are header flips that leave
+    every member intact."""
     attacker = signing.load_secret_key(keys["attacker"])
     release = signing.TrustStore.from_dir(signing.DEFAULT_STORE)
     publisher = signing.TrustStore.from_dir(keys["trust"])
