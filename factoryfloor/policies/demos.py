@@ -186,6 +186,8 @@ def record_demos(
 
     if episodes < 1:
         raise DemosError(f"episodes={episodes}: record at least 1 episode")
+    if not 0.0 <= action_noise <= 1.0:  # (NaN fails too) the sidecar's rule, checked on entry
+        raise DemosError(f"action_noise={action_noise}: give a noise std in [0, 1], e.g. 0.1")
     if obs_mode not in OBS_MODES:
         raise DemosError(f"obs mode {obs_mode!r}: record with one of {', '.join(OBS_MODES)}")
     dataset_id = dataset_id or default_dataset_id(env_id, robot, obs_mode)
