@@ -94,7 +94,21 @@ def policy_inputs(model: Any, obs: dict[str, np.ndarray]) -> dict[str, torch.Ten
     return out
 
 
-def _deterministic_action(model: Any, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+def demo_tensors(model: Any, demos: Demos) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Every demonstration pair as the policy takes it: ``policy_inputs`` and scaled actions.
+
+    Returns:
+        Observations ``{key: (N, *shape)}`` on the model's device, and the actions ``(N, A)``
+        float32 scaled to the policy's [-1, 1] (clipped).
+    """
+    obs, actions = demo_pairs(demos)
+    scaled = np.clip(model.policy.scale_action(actions), -1.0, 1.0)
+    return policy_inputs(model, obs), torch.as_tensor(
+        scaled, dtype=torch.float32, device=model.device
+    )
+
+
+def deterministic_action(model: Any, obs: dict[str, torch.Tensor]) -> torch.Tensor:
     """The actor's deterministic action in [-1, 1], differentiable (SAC/TQC/TD3 policies)."""
     actor = model.actor
     if hasattr(actor, "get_action_dist_params"):  # SAC, TQC: squashed Gaussian mean
@@ -111,6 +125,7 @@ def behaviour_clone(
     learning_rate: float = 1e-3,
     seed: int = 0,
     progress: bool = True,
+    tensors: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None,
 ) -> CloneResult:
     """Fit ``model``'s actor to the demonstrations (in place).
 
@@ -122,6 +137,7 @@ def behaviour_clone(
         learning_rate: Initial Adam learning rate, decayed to 0 by a cosine schedule.
         seed: Seed of the minibatch order.
         progress: Show progress per epoch (a bar on a terminal, lines elsewhere).
+        tensors: ``demo_tensors(model, demos)`` when the caller has them already.
 
     Raises:
         ValueError: For a model without an actor (e.g. PPO) or ``epochs`` < 1.
@@ -129,11 +145,8 @@ def behaviour_clone(
     if not hasattr(model, "actor") or epochs < 1:
         raise ValueError("behaviour cloning needs an off-policy actor (sac, tqc, td3), epochs >= 1")
     start = time.perf_counter()
-    obs, actions = demo_pairs(demos)
-    t_obs = policy_inputs(model, obs)
+    t_obs, t_act = tensors if tensors is not None else demo_tensors(model, demos)
     device = model.device
-    scaled = np.clip(model.policy.scale_action(actions), -1.0, 1.0)
-    t_act = torch.as_tensor(scaled, dtype=torch.float32, device=device)
     optimizer = torch.optim.Adam(model.actor.parameters(), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     generator = torch.Generator().manual_seed(seed)
@@ -150,7 +163,7 @@ def behaviour_clone(
             for i in range(0, n, batch_size):
                 idx = order[i : i + batch_size]
                 batch = {k: v[idx] for k, v in t_obs.items()}
-                predicted = _deterministic_action(model, batch)
+                predicted = deterministic_action(model, batch)
                 loss = torch.mean((predicted - t_act[idx]) ** 2)
                 if estimator is not None:
                     loss = loss + estimator.estimator_loss(batch)

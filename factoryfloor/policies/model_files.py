@@ -75,6 +75,15 @@ def algorithm_class(algo: str) -> type[BaseAlgorithm]:
         ) from exc
 
 
+def model_class(cfg: TrainConfig) -> type[BaseAlgorithm]:
+    """The class a run of ``cfg`` trains: its algorithm's, or SAC anchored to the demos."""
+    if cfg.bc_alpha > 0:
+        from factoryfloor.policies.anchored_sac import AnchoredSAC
+
+        return AnchoredSAC
+    return algorithm_class(cfg.algo)
+
+
 def policy_name(venv: VecEnv | gym.Env[Any, Any]) -> str:
     """SB3's policy alias for the env's observations."""
     dict_obs = isinstance(venv.observation_space, gym.spaces.Dict)
@@ -144,6 +153,8 @@ def hyperparameters(cfg: TrainConfig, venv: VecEnv) -> dict[str, Any]:
         )
     if not cfg.off_policy:
         return kwargs
+    if cfg.bc_alpha > 0:
+        kwargs["bc_alpha"] = cfg.bc_alpha
     kwargs.update(
         buffer_size=cfg.buffer_size,
         learning_starts=cfg.learning_starts,
@@ -167,6 +178,20 @@ def hyperparameters(cfg: TrainConfig, venv: VecEnv) -> dict[str, Any]:
     return kwargs
 
 
+def constructor_parameters(cls: type[Any]) -> dict[str, inspect.Parameter]:
+    """The named constructor parameters of ``cls`` and of the classes it passes ``**kwargs`` to.
+
+    A subclass such as ``AnchoredSAC(*args, bc_alpha, **kwargs)`` takes SAC's parameters too.
+    """
+    found: dict[str, inspect.Parameter] = {}
+    for klass in reversed(cls.__mro__):
+        if "__init__" in vars(klass) and klass is not object:
+            for name, param in inspect.signature(klass.__init__).parameters.items():
+                if param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                    found[name] = param
+    return found
+
+
 def supplied_objects(cls: type[BaseAlgorithm], cfg: TrainConfig, env: VecEnv) -> dict[str, Any]:
     """The value of every ``SUPPLIED`` key for a model of ``cls`` trained with ``cfg`` on ``env``.
 
@@ -175,7 +200,7 @@ def supplied_objects(cls: type[BaseAlgorithm], cfg: TrainConfig, env: VecEnv) ->
     """
     defaults = {
         name: p.default
-        for name, p in inspect.signature(cls.__init__).parameters.items()
+        for name, p in constructor_parameters(cls).items()
         if p.default is not inspect.Parameter.empty
     }
     args = {**defaults, **cfg.algo_kwargs, **hyperparameters(cfg, env)}
@@ -230,7 +255,7 @@ def load_model(
         CheckpointError: When the zip is not a model of this run, holds a serialized entry
             that is not ``SUPPLIED``, or its step counter differs from the manifest's.
     """
-    cls = algorithm_class(cfg.algo)
+    cls = model_class(cfg)
 
     def load(path: Path) -> BaseAlgorithm:
         raw = path.read_bytes()

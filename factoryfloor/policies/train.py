@@ -27,8 +27,6 @@ with ``cfg.bc_epochs``, its actor is cloned from them (``factoryfloor.policies.b
 from __future__ import annotations
 
 import importlib.util
-import inspect
-import json
 import signal
 import time
 import warnings
@@ -50,11 +48,14 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 
 from factoryfloor.policies import checkpoint as ckpt
 from factoryfloor.policies import run_files as rf
+from factoryfloor.policies import train_demos
 from factoryfloor.policies.model_files import (
     algorithm_class,
     channels_first,
+    constructor_parameters,
     hyperparameters,
     load_model,
+    model_class,
     policy_class,
     vector_keys,
 )
@@ -99,7 +100,7 @@ def train(
     cfg = replace(cfg, out=str(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     if last is None and cfg.demo_episodes and not cfg.demos:
-        cfg = replace(cfg, demos=str(_record_run_demos(cfg, run_dir)))
+        cfg = replace(cfg, demos=str(train_demos.record_run_demos(cfg, run_dir)))
     device = resolve_device(cfg.device)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -114,11 +115,13 @@ def train(
                 )
             model = _build_model(cfg, venv, device, tb_dir)
             if cfg.demos:
-                _add_demos(cfg, model, eval_env, run_dir)
+                train_demos.add_demos(cfg, model, eval_env, run_dir)
         else:
             try:
                 model, venv = _load_last(cfg, last, venv, device, tb_dir)
                 ckpt.supersede_evaluations_after(run_dir, last.num_timesteps)
+                if cfg.bc_alpha:
+                    train_demos.anchor_to_demos(cfg, model, eval_env)
             except ckpt.CheckpointError as exc:
                 raise ckpt.CheckpointError(f"cannot resume {run_dir}: {exc}") from exc
         ckpt.atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
@@ -240,7 +243,7 @@ def _make_eval_env(cfg: TrainConfig) -> gym.Env[Any, Any]:
 
 
 def _build_model(cfg: TrainConfig, venv: VecEnv, device: str, tb_dir: Path | None) -> BaseAlgorithm:
-    cls = algorithm_class(cfg.algo)
+    cls = model_class(cfg)
     kwargs: dict[str, Any] = {
         "policy": policy_class(cls, cfg, venv),
         "env": venv,
@@ -253,7 +256,7 @@ def _build_model(cfg: TrainConfig, venv: VecEnv, device: str, tb_dir: Path | Non
     clash = sorted(set(kwargs) & set(cfg.algo_kwargs))
     if clash:
         raise ConfigError(f"algo_kwargs {clash} are TrainConfig fields: set them at top level")
-    unknown = sorted(set(cfg.algo_kwargs) - set(inspect.signature(cls.__init__).parameters))
+    unknown = sorted(set(cfg.algo_kwargs) - set(constructor_parameters(cls)))
     if unknown:
         raise ConfigError(f"algo_kwargs {unknown} are not arguments of {cls.__name__}")
     try:
@@ -302,7 +305,7 @@ def _load_last(
     model._last_obs = venv.reset()
     model._last_episode_starts = np.ones(venv.num_envs, dtype=bool)
     if vecnorm is not None:
-        vecnorm.training = not cfg.bc_epochs  # see _add_demos
+        vecnorm.training = not train_demos.fixed_statistics(cfg)
         model._last_original_obs = vecnorm.get_original_obs()
     return model, venv
 
@@ -323,69 +326,6 @@ def _end_last_episode(buffer: ReplayBuffer) -> None:
                 "ignore", message="The last trajectory in the replay buffer will be truncated"
             )
             buffer.truncate_last_trajectory()
-
-
-def _record_run_demos(cfg: TrainConfig, run_dir: Path) -> Path:
-    """Record ``cfg.demo_episodes`` expert episodes under ``run_dir/demos`` (kept on a rerun)."""
-    from factoryfloor.policies.demos import dataset_folder, default_dataset_id, record_demos
-
-    obs_mode = str(cfg.env_kwargs.get("obs_mode", "state"))
-    dataset_id = default_dataset_id(cfg.task, cfg.robot, obs_mode)
-    folder = dataset_folder(dataset_id, run_dir / "demos")
-    if not folder.is_dir():
-        record_demos(
-            cfg.task, cfg.demo_episodes, run_dir / "demos", robot=cfg.robot, seed=cfg.seed,
-            progress=bool(cfg.progress_bar), obs_mode=obs_mode, dataset_id=dataset_id,
-            image_size=cfg.env_kwargs.get("image_size"), action_noise=cfg.demo_action_noise,
-        )  # fmt: skip
-    return folder
-
-
-def _add_demos(
-    cfg: TrainConfig, model: BaseAlgorithm, env: gym.Env[Any, Any], run_dir: Path
-) -> None:
-    """Seed a new run's replay buffer with ``cfg.demos`` and clone the actor from them.
-
-    After cloning, the observation normalisation statistics stay those of the demonstrations
-    for the rest of the run: the cloned actor relies on them, and the drift brought by early
-    exploratory episodes was measured to undo the cloning (PickPlace: 98% -> 32% success in
-    2,000 env steps with the actor frozen).
-
-    Demonstrations made for another env are refused (``DemosError``).
-    """
-    from factoryfloor.policies.bc import behaviour_clone
-    from factoryfloor.policies.demos import check_compatible, load_demos, seed_replay_buffer
-
-    demos = load_demos(cfg.demos or "", env_id=cfg.task)
-    check_compatible(demos, env, cfg.robot)
-    added = seed_replay_buffer(model, demos)
-    if cfg.verbose:
-        note = "" if demos.index["verified"] else " (unverified: no factoryfloor.json hashes)"
-        print(f"replay buffer seeded with {added} demonstration transitions from {cfg.demos}{note}")
-    if not cfg.bc_epochs and not cfg.critic_pretrain_steps:
-        return
-    summary: dict[str, Any] = {"demos": cfg.demos}
-    if cfg.bc_epochs:
-        result = behaviour_clone(
-            model, demos, cfg.bc_epochs, cfg.bc_batch_size, cfg.bc_learning_rate, cfg.seed,
-            progress=bool(cfg.progress_bar),
-        )  # fmt: skip
-        summary.update(result.to_dict())
-        vecnorm = model.get_vec_normalize_env()
-        if vecnorm is not None:  # the cloned actor relies on the demonstrations' statistics
-            vecnorm.training = False
-        if cfg.verbose:
-            print(f"behaviour cloning: {result}")
-    if cfg.critic_pretrain_steps:
-        from factoryfloor.policies.critic_pretrain import pretrain_critic
-
-        critic = pretrain_critic(
-            model, cfg.critic_pretrain_steps, cfg.batch_size, bool(cfg.progress_bar)
-        )
-        summary["critic_pretrain"] = critic.to_dict()
-        if cfg.verbose:
-            print(f"critic pre-training: {critic}")
-    ckpt.atomic_write_text(run_dir / "bc.json", json.dumps(summary, indent=1) + "\n")
 
 
 def _tensorboard_dir(cfg: TrainConfig, run_dir: Path) -> Path | None:

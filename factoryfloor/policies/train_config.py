@@ -108,6 +108,10 @@ class TrainConfig:
             demonstrations before RL updates start, the actor fixed (0: none;
             ``factoryfloor.policies.critic_pretrain``): a fresh critic's first gradients
             would undo the cloned actor.
+        bc_alpha: Keep the actor near the demonstrations during RL (SAC only): TD3+BC's
+            weight of the RL term, normalised by the batch's mean |Q|, beside the
+            behaviour-cloning term in the actor's loss (``factoryfloor.policies.anchored_sac``,
+            e.g. 2.5). 0: plain SAC, which was measured to undo a cloned camera actor.
         ray: Run the training envs in Ray actors (``RayVecEnv``) instead of subprocesses.
         ray_address: Ray cluster to join (``"auto"``, ``"ray://host:10001"``, ...); None starts
             a local Ray.
@@ -158,6 +162,7 @@ class TrainConfig:
     bc_batch_size: int = 256
     bc_learning_rate: float = 1e-3
     critic_pretrain_steps: int = 0
+    bc_alpha: float = 0.0
     ray: bool = False
     ray_address: str | None = None
     envs_per_actor: int = 4

@@ -106,6 +106,7 @@ LIMITS: dict[str, Limit] = {
     "bc_batch_size": Limit(1, 65_536, "use a positive batch size, e.g. 256"),
     "bc_learning_rate": Limit(0, 1, "use e.g. 1e-3", True, True),
     "critic_pretrain_steps": Limit(0, 1_000_000, "use >= 0 steps (0: none)"),
+    "bc_alpha": Limit(0, 1e6, "use a weight >= 0, e.g. 2.5 (0: plain SAC)"),
     "envs_per_actor": Limit(1, 256, "use >= 1 environment per actor"),
     "target_success": Limit(0, 1, "use a rate in [0, 1] (0: never)"),
     "max_wall_time_s": Limit(0, 10**9, "use >= 0 seconds (0: no limit)"),
@@ -280,6 +281,8 @@ def rules(cfg: Any, off_policy: bool, algos: list[str], her: tuple[str, ...]) ->
             not cfg.critic_pretrain_steps or with_demos,
             "critic pre-training needs demonstrations: set demos or demo_episodes",
         ),
+        ("bc_alpha", not cfg.bc_alpha or cfg.algo == "sac", "it is SAC's actor loss: algo sac"),
+        ("bc_alpha", not cfg.bc_alpha or with_demos, "it anchors to demos: set demo_episodes"),
     ]
 
 

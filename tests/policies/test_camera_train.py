@@ -40,8 +40,9 @@ def test_obs_camera_takes_the_shipped_camera_config():
     cfg = load_config(PICK, obs="camera")
     assert cfg.env_kwargs["obs_mode"] == "camera" and cfg.algo == "sac"
     assert cfg.demo_episodes > 0 and cfg.bc_epochs > 0 and cfg.critic_pretrain_steps > 0
+    assert cfg.bc_alpha > 0  # RL fine-tuning holds the actor to the demonstrations
     with pytest.raises(ConfigError, match="asymmetric SAC"):
-        policy_class(TD3, replace(cfg, algo="td3"), None)  # type: ignore[arg-type]
+        policy_class(TD3, replace(cfg, algo="td3", bc_alpha=0.0), None)  # type: ignore[arg-type]
 
 
 def test_no_shipped_camera_config_is_one_clear_error():

@@ -152,17 +152,17 @@ def test_train_with_demos_for_another_env_is_refused(tmp_path, reach_demos):
 
 @pytest.mark.parametrize("n_envs", [1, 2])
 def test_train_with_demos_seeds_the_replay_buffer(tmp_path, reach_demos, n_envs, monkeypatch):
-    from factoryfloor.policies import train as training
+    from factoryfloor.policies import train_demos
 
     seen = {}
-    real = training._add_demos
+    real = train_demos.add_demos
 
     def spy(cfg, model, env, run_dir):
         real(cfg, model, env, run_dir)
         seen["size"] = int(model.replay_buffer.size() * model.replay_buffer.n_envs)
         seen["episodes"] = int((model.replay_buffer.ep_length > 0).any(axis=1).sum())
 
-    monkeypatch.setattr(training, "_add_demos", spy)
+    monkeypatch.setattr(train_demos, "add_demos", spy)
     run = tmp_path / "run"
     cfg = load_config(
         REACH, "sac", None,
