@@ -36,6 +36,7 @@ from stable_baselines3.common.utils import polyak_update
 from torch.nn import functional
 
 from factoryfloor.policies.bc import deterministic_action
+from factoryfloor.policies.critic_pretrain import soft_target
 
 DEFAULT_BC_ALPHA = 2.5  # TD3+BC's weight of the normalised RL term
 
@@ -145,13 +146,7 @@ class AnchoredSAC(SAC):
 
     def _critic_step(self, data: Any, ent_coef: torch.Tensor) -> float:
         """One TD step of every critic toward the clipped double-Q soft target; the loss."""
-        discounts = data.discounts if data.discounts is not None else self.gamma
-        with torch.no_grad():
-            next_actions, next_log_prob = self.actor.action_log_prob(data.next_observations)
-            next_q = torch.cat(self.critic_target(data.next_observations, next_actions), dim=1)
-            next_q = torch.min(next_q, dim=1, keepdim=True)[0]
-            next_q = next_q - ent_coef * next_log_prob.reshape(-1, 1)
-            target = data.rewards + (1 - data.dones) * discounts * next_q
+        target = soft_target(self, data, ent_coef)
         current = self.critic(data.observations, data.actions)
         loss = 0.5 * sum(functional.mse_loss(q, target) for q in current)
         self.critic.optimizer.zero_grad()

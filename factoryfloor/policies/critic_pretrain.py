@@ -36,7 +36,7 @@ class CriticResult:
         return asdict(self)
 
 
-def _soft_target(model: Any, data: Any, ent_coef: torch.Tensor) -> torch.Tensor:
+def soft_target(model: Any, data: Any, ent_coef: torch.Tensor) -> torch.Tensor:
     """Soft Bellman target r + gamma (1 - done) (min_i Q'_i(s', a') - alpha log pi(a'|s')).
 
     ``a'`` is drawn from the actor at ``s'``; ``(batch, 1)``.
@@ -76,7 +76,7 @@ def pretrain_critic(model: Any, steps: int, batch_size: int, progress: bool = Tr
     with Progress("pre-training the critic", steps, "steps", enabled=progress) as bar:
         for _ in range(steps):
             data = buffer.sample(batch_size, env=model._vec_normalize_env)
-            target = _soft_target(model, data, ent_coef)
+            target = soft_target(model, data, ent_coef)
             current = model.critic(data.observations, data.actions)
             loss = 0.5 * sum(functional.mse_loss(q, target) for q in current)
             model.critic.optimizer.zero_grad()
