@@ -33,10 +33,9 @@ import numpy as np
 import torch
 from stable_baselines3 import SAC
 from stable_baselines3.common.utils import polyak_update
-from torch.nn import functional
 
 from factoryfloor.policies.bc import deterministic_action
-from factoryfloor.policies.critic_pretrain import soft_target
+from factoryfloor.policies.critic_pretrain import critic_step
 
 DEFAULT_BC_ALPHA = 2.5  # TD3+BC's weight of the normalised RL term
 
@@ -94,7 +93,7 @@ class AnchoredSAC(SAC):
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
             actions_pi, log_prob, estimate_loss = self._actions_on(data.observations)
             ent_coef = self._entropy_step(log_prob)
-            logs["critic_loss"].append(self._critic_step(data, ent_coef))
+            logs["critic_loss"].append(critic_step(self, data, ent_coef))
             q_pi = torch.cat(self.critic(data.observations, actions_pi), dim=1)
             min_q_pi = torch.min(q_pi, dim=1, keepdim=True)[0]
             q_scale = min_q_pi.abs().mean().detach().clamp(min=1e-6)
@@ -143,16 +142,6 @@ class AnchoredSAC(SAC):
         loss.backward()
         self.ent_coef_optimizer.step()
         return ent_coef
-
-    def _critic_step(self, data: Any, ent_coef: torch.Tensor) -> float:
-        """One TD step of every critic toward the clipped double-Q soft target; the loss."""
-        target = soft_target(self, data, ent_coef)
-        current = self.critic(data.observations, data.actions)
-        loss = 0.5 * sum(functional.mse_loss(q, target) for q in current)
-        self.critic.optimizer.zero_grad()
-        loss.backward()  # type: ignore[union-attr]
-        self.critic.optimizer.step()
-        return float(loss.detach())  # type: ignore[union-attr]
 
     def _bc_loss(self, batch_size: int) -> torch.Tensor:
         """Mean squared error of the deterministic action on a random demonstration batch.

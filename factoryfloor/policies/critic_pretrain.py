@@ -49,6 +49,17 @@ def soft_target(model: Any, data: Any, ent_coef: torch.Tensor) -> torch.Tensor:
         return data.rewards + (1 - data.dones) * discounts * next_q  # type: ignore[no-any-return]
 
 
+def critic_step(model: Any, data: Any, ent_coef: torch.Tensor) -> float:
+    """One TD step of every critic toward ``soft_target`` on ``data``; the loss (targets kept)."""
+    target = soft_target(model, data, ent_coef)
+    current = model.critic(data.observations, data.actions)
+    loss = 0.5 * sum(functional.mse_loss(q, target) for q in current)
+    model.critic.optimizer.zero_grad()
+    loss.backward()  # type: ignore[union-attr]
+    model.critic.optimizer.step()
+    return float(loss.detach())  # type: ignore[union-attr]
+
+
 def pretrain_critic(model: Any, steps: int, batch_size: int, progress: bool = True) -> CriticResult:
     """Fit ``model``'s critic to its current actor on its replay buffer (in place).
 
@@ -76,14 +87,8 @@ def pretrain_critic(model: Any, steps: int, batch_size: int, progress: bool = Tr
     with Progress("pre-training the critic", steps, "steps", enabled=progress) as bar:
         for _ in range(steps):
             data = buffer.sample(batch_size, env=model._vec_normalize_env)
-            target = soft_target(model, data, ent_coef)
-            current = model.critic(data.observations, data.actions)
-            loss = 0.5 * sum(functional.mse_loss(q, target) for q in current)
-            model.critic.optimizer.zero_grad()
-            loss.backward()  # type: ignore[union-attr]
-            model.critic.optimizer.step()
+            losses.append(critic_step(model, data, ent_coef))
             polyak_update(model.critic.parameters(), model.critic_target.parameters(), model.tau)
-            losses.append(float(loss.detach()))  # type: ignore[union-attr]
             bar.advance(note=f"TD loss {losses[-1]:.4f}")
     model.policy.set_training_mode(False)
     block = max(len(losses) // 10, 1)
