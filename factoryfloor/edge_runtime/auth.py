@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import zmq
@@ -105,6 +106,7 @@ class ServerSecurity:
         allowed = root / AUTHORIZED
         if not allowed.is_dir() or not any(allowed.glob("*.key")):
             raise SecurityError(f"no client keys in {allowed}: `factoryfloor edge keygen {root}`")
+        self._stop_lock = threading.Lock()
         self.authenticator = ThreadAuthenticator(context)
         self.authenticator.start()
         self.authenticator.configure_curve(domain="*", location=str(allowed))
@@ -121,8 +123,13 @@ class ServerSecurity:
             raise SecurityError("the ZAP authenticator stopped: closing the listener")
 
     def stop(self) -> None:
-        """Stop the authenticator."""
-        self.authenticator.stop()
+        """Stop the authenticator; safe to call from several threads and more than once.
+
+        pyzmq's ``ThreadAuthenticator.stop`` is neither: two threads inside it at once (an
+        operator's stop racing the server's own shutdown) close its pipe twice.
+        """
+        with self._stop_lock:
+            self.authenticator.stop()
 
 
 def secure_client(socket: zmq.Socket[bytes], keys_dir: Path | str, name: str) -> None:

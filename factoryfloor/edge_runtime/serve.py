@@ -19,6 +19,7 @@ from typing import Any
 
 import zmq
 
+from factoryfloor.edge_runtime.atomic import atomic_write_bytes
 from factoryfloor.edge_runtime.auth import SecurityError, ServerSecurity, check_bind
 from factoryfloor.edge_runtime.metrics import (
     JsonLinesWriter,
@@ -119,7 +120,8 @@ def serve(policy: ServedPolicy, config: ServerConfig, options: ServeOptions) -> 
     ) else None  # fmt: skip
     jsonl = JsonLinesWriter(options.metrics_jsonl) if options.metrics_jsonl else None
     if options.ready_file is not None:
-        options.ready_file.write_text(server.endpoint + "\n", encoding="utf-8")
+        # atomic: a script polling for the file never reads it empty
+        atomic_write_bytes(options.ready_file, (server.endpoint + "\n").encode())
     print(f"serving {policy.spec.task_id} ({policy.spec.robot}) on {server.endpoint}", flush=True)
     code, next_report = 0, time.monotonic() + options.report_every_s
     try:

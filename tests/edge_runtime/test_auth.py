@@ -15,6 +15,7 @@ from factoryfloor.cli import main
 from factoryfloor.edge_runtime import protocol as p
 from factoryfloor.edge_runtime.auth import (
     SecurityError,
+    ServerSecurity,
     check_bind,
     is_loopback,
     keygen,
@@ -106,7 +107,7 @@ def test_authenticator_death_closes_the_listener(keys, monkeypatch):
     while "security" not in captured:
         time.sleep(0.01)
     endpoint = captured["server"].endpoint
-    captured["security"].authenticator.stop()  # the ZAP handler dies
+    captured["security"].stop()  # the ZAP handler dies while the server runs
     thread.join(5)
     assert result["code"] == EXIT_AUTH_DIED
     assert captured["server"].socket.closed
@@ -114,6 +115,32 @@ def test_authenticator_death_closes_the_listener(keys, monkeypatch):
     with pytest.raises(HandshakeError):
         late.handshake(hello(), timeout_s=0.5)
     late.close()
+
+
+def test_stopping_the_authenticator_from_two_threads_at_once_is_safe(keys):
+    # pyzmq's ThreadAuthenticator.stop closes its pipe twice when two threads race into it
+    # (an operator's stop against the server's own shutdown); ServerSecurity.stop serialises.
+    context = zmq.Context()
+    errors: list[BaseException] = []
+    for _ in range(20):
+        security = ServerSecurity(context, keys / "keys")
+        barrier = threading.Barrier(2)
+
+        def stop(security=security, barrier=barrier) -> None:
+            barrier.wait()
+            try:
+                security.stop()
+            except BaseException as exc:  # any error fails the test below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=stop) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(5)
+        assert not security.authenticator.is_alive()
+    context.term()
+    assert errors == []
 
 
 @pytest.mark.parametrize(
