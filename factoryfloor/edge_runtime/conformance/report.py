@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from factoryfloor.edge_runtime.atomic import atomic_write_bytes
 from factoryfloor.edge_runtime.conformance.kit import FAILED, PASSED, PROTOCOL, SKIPPED, CheckResult
 
 STYLES = {PASSED: "green", FAILED: "bold red", SKIPPED: "yellow"}
@@ -35,8 +36,9 @@ def report_json(endpoint: str, results: Sequence[CheckResult]) -> dict[str, Any]
 
 
 def write_json(path: Path, endpoint: str, results: Sequence[CheckResult]) -> None:
-    """Write ``report_json`` to ``path`` (UTF-8, indented)."""
-    path.write_text(json.dumps(report_json(endpoint, results), indent=2) + "\n", encoding="utf-8")
+    """Write ``report_json`` to ``path`` (UTF-8, indented), atomically."""
+    text = json.dumps(report_json(endpoint, results), indent=2) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def summary(results: Sequence[CheckResult]) -> str:
