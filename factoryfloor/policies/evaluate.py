@@ -72,13 +72,37 @@ def bundle_env_kwargs(manifest: dict[str, Any]) -> dict[str, Any]:
     return {"obs_mode": "camera", "image_size": int(images[0][0])} if images else {}
 
 
+# The env arguments that decide a trained model's observation and action spaces.
+RUN_ENV_KWARGS = ("obs_mode", "image_size", "camera_depth", "control")
+
+
+def run_env_kwargs(run: Path) -> dict[str, Any]:
+    """``gymnasium.make`` arguments of an env that feeds the model of the run folder ``run``.
+
+    Those of the run's ``config.yaml`` ``env_kwargs`` that shape its spaces (``RUN_ENV_KWARGS``);
+    dynamics such as ``randomize`` are the evaluator's choice. A folder without a config: none.
+
+    Raises:
+        ConfigError: When the run's ``config.yaml`` is not a valid config.
+    """
+    if not (run / "config.yaml").is_file():
+        return {}
+    from factoryfloor.policies.train_config import TrainConfig
+
+    env_kwargs = TrainConfig.from_yaml(run / "config.yaml").env_kwargs
+    return {k: env_kwargs[k] for k in RUN_ENV_KWARGS if k in env_kwargs}
+
+
 def policy_env_kwargs(policy: str) -> dict[str, Any]:
-    """The ``gymnasium.make`` arguments a policy needs (a camera bundle: camera mode).
+    """The ``gymnasium.make`` arguments a policy needs (a camera bundle or run: camera mode).
 
     Raises:
         BundleError: For a bundle that does not verify (``edge_runtime.bundle.read_bundle``).
+        ConfigError: For a run folder whose ``config.yaml`` is not valid.
     """
     path = Path(policy)
+    if policy not in POLICIES and path.is_dir():
+        return run_env_kwargs(path)
     if policy in POLICIES or path.suffix != ".ffpolicy" or not path.is_file():
         return {}
     from factoryfloor.edge_runtime.bundle import read_bundle

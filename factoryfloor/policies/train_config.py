@@ -229,6 +229,8 @@ class TrainConfig:
             ConfigError: Naming ``path`` (or the override) when a value is refused.
         """
         data = read_yaml(Path(path))
+        if "task" not in data and "task" not in overrides:
+            raise ConfigError(f"{path} names no task: add `task: factoryfloor/<Task>-v0`", "task")
         try:
             return cls(**{**data, **overrides})
         except ConfigError as exc:

@@ -50,6 +50,23 @@ def test_no_shipped_camera_config_is_one_clear_error():
         load_config("factoryfloor/Reach-v0", obs="camera")
 
 
+def test_eval_of_a_camera_run_folder_makes_the_camera_env(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_config(PICK, obs="camera")
+    env_kwargs = {**cfg.env_kwargs, "image_size": 40, "randomize": True}
+    (run / "config.yaml").write_text(replace(cfg, env_kwargs=env_kwargs).to_yaml())
+    # the spaces' arguments come from the run; dynamics (randomize) stay the evaluator's choice
+    assert policy_env_kwargs(str(run)) == {"obs_mode": "camera", "image_size": 40}
+    assert policy_env_kwargs(str(tmp_path)) == {}  # a folder without config.yaml
+
+    for text, says in ((f"task: {PICK}\ntimesteps: [1, 2]\n", "timesteps"), ("seed: 3\n", "task")):
+        (run / "config.yaml").write_text(text)  # a hand-edited run config: one line, exit 2
+        assert main(["eval", PICK, "--policy", str(run), "--episodes", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "config.yaml" in err and says in err, err
+
+
 @pytest.mark.slow
 def test_camera_run_exports_an_actor_that_reads_no_privileged_key(tmp_path):
     run, config, bundle = tmp_path / "run", tmp_path / "tiny.yaml", tmp_path / "cam.ffpolicy"
@@ -89,6 +106,8 @@ def test_camera_run_exports_an_actor_that_reads_no_privileged_key(tmp_path):
     assert policy_env_kwargs("expert") == {}
     result = evaluate(PICK, str(bundle), episodes=1, seed=5)
     assert result.episodes == 1 and result.mean_episode_length >= 1
+    # ... and so does `eval TASK --policy RUN_FOLDER` (a state env is refused: other shapes)
+    assert evaluate(PICK, str(run), episodes=1, seed=5).episodes == 1
 
     # The simulated cell feeds the served bundle its camera frames over the edge protocol: the
     # commands it applied are the bundle's actions on the observations it rendered and sent.
