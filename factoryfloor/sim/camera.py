@@ -84,6 +84,11 @@ class Camera(_Pinhole):
         self._eye = np.asarray(self.config.eye_m) + offset
         self._view = self._compute_view()
 
+    def shift(self, offset_m: np.ndarray) -> None:
+        """Move the eye by ``offset_m`` (m, world, shape (3,)) until the next reset."""
+        self._eye = self._eye + np.asarray(offset_m, dtype=float)
+        self._view = self._compute_view()
+
     def rgb(self, width: int, height: int) -> np.ndarray:
         """RGB image, uint8 of shape (height, width, 3)."""
         return self._render(width, height, self._view, depth=False)

@@ -15,7 +15,13 @@ from gymnasium.utils import EzPickle
 from factoryfloor.robots import get_robot_spec
 from factoryfloor.sim.backend import PhysicsConfig, PyBullet
 from factoryfloor.sim.camera import WORKSPACE_CAMERA, Camera, CameraConfig, WristCamera
-from factoryfloor.sim.env_checks import OBS_MODES, RENDER_MODES, check_env_args, checked_action
+from factoryfloor.sim.env_checks import (
+    OBS_MODES,
+    RENDER_MODES,
+    EnvArgumentError,
+    check_env_args,
+    checked_action,
+)
 from factoryfloor.sim.observations import (
     MODE_KEYS,
     ObsLayout,
@@ -25,6 +31,7 @@ from factoryfloor.sim.observations import (
     split_keys,
     vector_keys,
 )
+from factoryfloor.sim.perturbation import SIM_AXES, apply_perturbation
 from factoryfloor.sim.registry import task_entry
 from factoryfloor.sim.robot import Arm
 from factoryfloor.sim.tasks.base import RobotHooks
@@ -75,6 +82,8 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         task_options: Keyword arguments of the task, e.g. ``{"belt_speed_m_s": 0.12}`` for
             ConveyorPick (see each task class).
         camera_depth: In "camera" mode, add depth as a 4th channel to both images (a bool).
+        perturb: Fixed physical perturbations, axis name -> level (``perturbation.SIM_AXES``:
+            units and ranges), applied at every reset; None for the nominal cell.
 
     Attributes:
         actor_keys: Dict keys holding only what a real cell has (robot state, goals known
@@ -105,6 +114,7 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         physics: PhysicsConfig | None = None,
         task_options: dict[str, Any] | None = None,
         camera_depth: bool = False,
+        perturb: dict[str, float] | None = None,
     ) -> None:
         EzPickle.__init__(
             self,
@@ -119,13 +129,14 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
             physics,
             task_options,
             camera_depth,
+            perturb,
         )
         check_env_args(
             {
                 "task": task, "robot": robot, "control": control, "reward": reward,
                 "obs_mode": obs_mode, "image_size": image_size, "randomize": randomize,
                 "render_mode": render_mode, "physics": physics, "task_options": task_options,
-                "camera_depth": camera_depth,
+                "camera_depth": camera_depth, "perturb": perturb,
             }
         )  # fmt: skip
         self.task_entry = task_entry(task)
@@ -150,6 +161,8 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         self.camera = Camera(self.sim, CameraConfig())
         self.wrist_camera = WristCamera(self.sim, "robot", spec.ee_link, spec.tcp_offset_m)
         self._setup_keys(obs_mode, bool(camera_depth))
+        self.perturb = dict(perturb or {})
+        self._check_perturb_applies()
         self.action_space = self.robot.action_space
         self._action_shape = self.action_space.shape
         self._desired_goal = np.zeros(3, dtype=np.float32)
@@ -247,6 +260,16 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
         size = self.image_size
         return {k: self._cameras[k].info(size, size, self._depth) for k in self._image_keys}
 
+    def _check_perturb_applies(self) -> None:
+        """Refuse (closing the world) a perturbation axis this cell does not have."""
+        missing = [n for n in self.perturb if not SIM_AXES[n].applies(self)]
+        if missing:
+            self.sim.close()
+            raise EnvArgumentError(
+                f"perturb={self.perturb!r} is not supported; {missing} do not apply to task "
+                f"{self.task_entry.name!r} in obs_mode={self.obs_mode!r}"
+            )
+
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -265,6 +288,7 @@ class FactoryEnv(gym.Env[dict[str, np.ndarray], np.ndarray], EzPickle):
                 self.policy_camera.reset(self.np_random, jitter)
             wrist = self.task.ranges.wrist_camera_jitter_m if self.task.randomize else 0.0
             self.wrist_camera.reset(self.np_random, wrist)
+        apply_perturbation(self, self.perturb)
         obs = self._get_obs()
         return obs, {
             "is_success": bool(self.task.is_success(obs["achieved_goal"], obs["desired_goal"]))

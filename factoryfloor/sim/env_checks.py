@@ -25,6 +25,7 @@ import numpy as np
 
 from factoryfloor.robots import get_robot_spec, robot_names
 from factoryfloor.sim.backend import PhysicsConfig
+from factoryfloor.sim.perturbation import check_perturb, perturb_allowed
 from factoryfloor.sim.registry import BY_ENV_ID, TASKS, task_entry
 from factoryfloor.sim.tasks.base import REWARD_TYPES, Task
 
@@ -233,6 +234,7 @@ ENV_ARG_CHECKS: tuple[ArgCheck, ...] = (
         ),
     ),
     ArgCheck("task_options", _task_options_ok, _task_options_allowed),
+    ArgCheck("perturb", lambda v, a: check_perturb(v), lambda a: perturb_allowed()),
 )
 
 

@@ -205,6 +205,11 @@ class Arm:
         self.tcp, self.tcp_velocity, self.q, self.opening = list(tcp), list(vel), list(q), opening
         self._command()
 
+    def set_gain_scale(self, scale: float) -> None:
+        """Arm joints' position-control gain: ``scale`` times the robot's (1: nominal)."""
+        n = len(self.arm_idx)
+        self._motor_gains[:n] = [self.spec.position_gain * scale] * n
+
     def set_action(self, action: np.ndarray) -> None:
         """Apply one control step's action (see module doc); shape (action_space.shape[0],)."""
         a = [min(max(v, -1.0), 1.0) for v in action.tolist()]

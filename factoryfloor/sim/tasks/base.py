@@ -168,6 +168,10 @@ class Task(ABC):
             return -(~self.is_success(achieved, desired)).astype(np.float32)
         return -np.linalg.norm(achieved - desired, axis=-1).astype(np.float32)
 
+    def handled_parts(self) -> list[str]:
+        """Body names of the parts the robot handles this episode (none by default)."""
+        return []
+
     def uniform(self, rng: np.random.Generator, bounds: tuple[float, float]) -> float:
         """One draw in [low, high] when randomising, else the midpoint."""
         return float(rng.uniform(*bounds)) if self.randomize else 0.5 * (bounds[0] + bounds[1])

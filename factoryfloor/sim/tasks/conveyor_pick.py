@@ -94,6 +94,10 @@ class ConveyorPickTask(Task):
                 name, mass=mass, lateralFriction=self.uniform(rng, self.ranges.friction)
             )
 
+    def handled_parts(self) -> list[str]:
+        """Every part on the belt."""
+        return list(self.parts)
+
     def after_step(self) -> None:
         """Keep the belt running."""
         self.conveyor.update()

@@ -81,6 +81,10 @@ class PickPlaceTask(Task):
         friction = self.uniform(rng, self.ranges.friction) if self.randomize else 1.0
         self.set_body_dynamics(self.part, mass=mass, lateralFriction=friction)
 
+    def handled_parts(self) -> list[str]:
+        """The active part."""
+        return [self.part]
+
     @property
     def part(self) -> str:
         """Body name of the active part."""
