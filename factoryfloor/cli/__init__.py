@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, NoReturn
 
 import factoryfloor
-from factoryfloor.cli import bundle, demo, demos, edge, evaluate, export, train
+from factoryfloor.cli import bundle, demo, demos, edge, evaluate, export, robustness, train
 
 # top-level module -> the extra of pyproject.toml that installs it
 EXTRA_OF_MODULE = {
@@ -49,6 +49,10 @@ COMMANDS: dict[str, Command] = {
     "eval": Command(
         "evaluate a policy on a task and report its success rate",
         evaluate.configure, evaluate.run,
+    ),
+    "robustness": Command(
+        "a bundle's success over a grid of perturbations (physics, sensors, latency, losses)",
+        robustness.configure, robustness.run,
     ),
     "export": Command(
         "export a training run to a one-file .ffpolicy bundle (ONNX + manifest), parity-checked",

@@ -147,7 +147,7 @@ class ControllerRuntime:
         desc = controller.description
         self.rate_hz = loop_rate_hz or desc.control_rate_hz
         self.safety = SafetyLayer(
-            _safety_config(desc, max_change, self.rate_hz, hold_window_s, limit_acceleration)
+            safety_config(desc, max_change, self.rate_hz, hold_window_s, limit_acceleration)
         )
         self.loop = FixedRateLoop(self.rate_hz)
         self.model_sha256, self.name = model_sha256, name
@@ -263,9 +263,7 @@ class ControllerRuntime:
         up to half the period; never past the hold deadline. So a late server makes the cycle
         HOLD, never miss its next due time: the loop's deadlines do not depend on the server.
         """
-        period = self.loop.period_s
-        reserve = min(0.5 * period, max(0.2 * period, self.tail_s + WAKE_UP_MARGIN_S))
-        return min(due + period - reserve, self.safety.hold_deadline_s)
+        return answer_deadline(due, self.loop.period_s, self.tail_s, self.safety.hold_deadline_s)
 
     def end_cycle(self, waited: float) -> None:
         """Note the cycle's work since ``waited`` (a worst case that decays over ~1,000 cycles)."""
@@ -344,7 +342,20 @@ class ControllerRuntime:
         )
 
 
-def _safety_config(
+def answer_deadline(due_s: float, period_s: float, tail_s: float, hold_deadline_s: float) -> float:
+    """Until when a cycle due at ``due_s`` waits for its answer (s; ``wait_until``'s rule).
+
+    Args:
+        due_s: The cycle's due time (s, monotonic).
+        period_s: The loop period (s).
+        tail_s: The cycle's recent worst own work after the wait (s; 0 on an idle machine).
+        hold_deadline_s: The safety layer's hold deadline (s, monotonic).
+    """
+    reserve = min(0.5 * period_s, max(0.2 * period_s, tail_s + WAKE_UP_MARGIN_S))
+    return min(due_s + period_s - reserve, hold_deadline_s)
+
+
+def safety_config(
     desc: PolicySpec,
     max_change: np.ndarray | None,
     rate_hz: float,

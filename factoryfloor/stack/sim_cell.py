@@ -82,6 +82,7 @@ class SimController(RobotController):
         seed: Seed of the first episode (then ``seed + 1``, ...).
         render_mode: ``gymnasium.make``'s render mode (``"human"``: pybullet's window).
         env_kwargs: Other keyword arguments of ``gymnasium.make`` (e.g. ``physics``).
+        wrap: A wrapper put around the env (e.g. a sensor perturbation), or None.
 
     Attributes:
         results: Per finished episode: ``{"success", "steps", "seed", "commands"}``, where
@@ -97,9 +98,12 @@ class SimController(RobotController):
         seed: int = 0,
         render_mode: str | None = None,
         env_kwargs: dict[str, Any] | None = None,
+        wrap: Callable[[gym.Env[Any, Any]], gym.Env[Any, Any]] | None = None,
     ) -> None:
         self.env_kwargs = dict(env_kwargs or {})
         self.env = gym.make(task_id, robot=robot, render_mode=render_mode, **self.env_kwargs)
+        if wrap is not None:
+            self.env = wrap(self.env)
         self.description = describe_env(self.env, task_id, robot)
         self._keys = sent_keys(self.env)
         self._images = any(f["dtype"] == "uint8" for f in self.description.observation)
@@ -150,6 +154,17 @@ class SimController(RobotController):
         self._obs, *_ = self.env.step(command)  # braking ignores the episode's end
         if self.on_step is not None:
             self.on_step(command)
+
+    def abort_episode(self, reason: str) -> None:
+        """End the running episode as a failure (the runtime latched FAULT: ``reason``)."""
+        if self._obs is None:
+            return
+        self.results.append(
+            {"success": False, "steps": self._steps, "seed": self.seed + len(self.results),
+             "commands": np.stack(self._commands) if self._commands else np.zeros((0, 0)),
+             "fault": reason}
+        )  # fmt: skip
+        self._obs = None
 
     def status(self) -> ControllerStatus:
         """Standstill from the TCP speed; finished after ``episodes`` episodes."""
