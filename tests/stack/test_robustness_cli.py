@@ -60,9 +60,11 @@ def test_a_longer_hold_window_and_max_age_ride_out_the_same_latency(tmp_path):
 
 def test_the_measured_latency_axis_comes_from_the_runtimes_metrics(tmp_path):
     metrics = tmp_path / "client.jsonl"
+    rtt = {"round_trip": {"p50": 600.0, "p99": 2400.0, "max": 9000.0}}
     lines = [
-        {"component": "client", "latency_us": {}},
-        {"component": "client", "latency_us": {"round_trip": {"p50": 600.0, "p99": 2400.0}}},
+        {"component": "client", "latency_us": {"round_trip": {"p50": 1.0, "p99": 2.0}}},
+        {"cycles": 120, "state": "RUNNING", "client": {"latency_us": rtt}},  # run-sim's report
+        {"cycles": 121, "state": "RUNNING", "client": {"latency_us": {}}},  # none: skipped
     ]
     metrics.write_text("".join(json.dumps(x) + "\n" for x in lines))  # fmt: skip
     assert read_round_trip(metrics) == (0.6, 2.4)

@@ -133,11 +133,22 @@ AXES: dict[str, Axis] = {
 }  # fmt: skip
 
 
+def _round_trip(record: Any) -> dict[str, Any] | None:
+    """The ``round_trip`` summary (µs) of a metrics snapshot or of a runtime report's client."""
+    if not isinstance(record, dict):
+        return None
+    for holder in (record, record.get("client")):
+        latency = holder.get("latency_us") if isinstance(holder, dict) else None
+        if isinstance(latency, dict) and isinstance(latency.get("round_trip"), dict):
+            return latency["round_trip"]  # type: ignore[no-any-return]
+    return None
+
+
 def read_round_trip(path: Path) -> tuple[float, float]:
     """The p50 and p99 round trip (ms) of the last line of a metrics JSON lines file that has one.
 
-    The edge runtime writes these files (``edge run-sim --metrics-jsonl``, the demo's metrics):
-    the controller's ``latency_us.round_trip`` (µs).
+    ``edge run-sim --metrics-jsonl`` writes runtime reports (``client.latency_us.round_trip``,
+    µs); a bare client metrics snapshot (``latency_us.round_trip``) is read too.
 
     Raises:
         ValueError: When the file is missing, too large, not JSON lines, or has no round trip.
@@ -155,9 +166,9 @@ def read_round_trip(path: Path) -> tuple[float, float]:
             record = json.loads(line)
         except (json.JSONDecodeError, RecursionError):
             raise ValueError(f"{path} line {n + 1} is not a JSON object") from None
-        latency = record.get("latency_us") if isinstance(record, dict) else None
-        if isinstance(latency, dict) and isinstance(latency.get("round_trip"), dict):
-            last = latency["round_trip"]
+        rtt = _round_trip(record)
+        if rtt is not None:
+            last = rtt
     if last is None:
         raise ValueError(f"{path} holds no round_trip latency (a controller's metrics file)")
     try:
