@@ -21,6 +21,7 @@ EXPECTED = {
     "reach_panda.ffpolicy": ("factoryfloor/Reach-v0", 0.95),
     "pick_place_panda.ffpolicy": ("factoryfloor/PickPlace-v0", 0.9),
     "pick_place_panda_camera.ffpolicy": ("factoryfloor/PickPlace-v0", 0.9),
+    "conveyor_pick_panda_camera.ffpolicy": ("factoryfloor/ConveyorPick-v0", 0.9),
 }
 
 
@@ -72,13 +73,14 @@ def test_reach_bundle_runs_without_torch_or_sb3():
     assert out.stdout.strip().splitlines()[-1] == "True False False"
 
 
-def test_camera_bundle_reads_only_what_a_real_cell_has():
+@pytest.mark.parametrize("name", [n for n in sorted(EXPECTED) if "camera" in n])
+def test_camera_bundle_reads_only_what_a_real_cell_has(name):
     """Its inputs are the camera env's actor keys: no privileged key, images uint8 HWC."""
     import gymnasium as gym
 
-    with zipfile.ZipFile(str(PRETRAINED / "pick_place_panda_camera.ffpolicy")) as zf:
+    with zipfile.ZipFile(str(PRETRAINED / name)) as zf:
         manifest = json.loads(zf.read("manifest.json"))
-    env = gym.make("factoryfloor/PickPlace-v0", obs_mode="camera").unwrapped
+    env = gym.make(EXPECTED[name][0], obs_mode="camera").unwrapped
     keys = manifest["observation"]["keys"]
     assert set(keys) == set(env.actor_keys)
     assert not set(keys) & set(env.privileged_keys)
