@@ -35,14 +35,13 @@ def run(args: argparse.Namespace) -> int:
 
     resolve_policy(args.policy)  # a bad --policy fails before Ray or any env starts
     if args.ray:
-        import ray
-
         from factoryfloor.policies.ray_eval import evaluate_on_ray
+        from factoryfloor.policies.ray_start import start_ray
 
         if args.video is not None:
             raise ValueError("--video records in this process: drop --ray to record a video")
         address = None if args.ray == "local" else args.ray
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        start_ray(address)
         result = evaluate_on_ray(args.task, args.policy, args.episodes, args.seed, args.robot)
     else:
         result = evaluate(

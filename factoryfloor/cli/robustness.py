@@ -100,12 +100,10 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     show = _progress(time.monotonic())
     if args.ray:
-        import ray
-
+        from factoryfloor.policies.ray_start import start_ray
         from factoryfloor.stack.robustness.ray_grid import run_grid_on_ray
 
-        ray.init(address=None if args.ray == "local" else args.ray, include_dashboard=False,
-                 log_to_driver=False)  # fmt: skip
+        start_ray(None if args.ray == "local" else args.ray)
         results = run_grid_on_ray(args.bundle, names, measured, args.episodes, args.seed,
                                   settings, show)  # fmt: skip
     else:

@@ -94,12 +94,11 @@ def configure_sweep(p: argparse.ArgumentParser) -> None:
 
 def run_sweep(args: argparse.Namespace) -> int:
     """Run the sweep and print its summary table."""
-    import ray
-
+    from factoryfloor.policies.ray_start import start_ray
     from factoryfloor.policies.sweep import format_summary, load_grid, parse_seeds, run_sweep
 
     if args.ray and args.ray != "local":
-        ray.init(address=args.ray, include_dashboard=False, log_to_driver=False)
+        start_ray(args.ray)
     fixed = {"timesteps": args.timesteps} if args.timesteps else {}
     summary = run_sweep(
         args.task, args.algo, parse_seeds(args.seeds), load_grid(args.grid), args.out,

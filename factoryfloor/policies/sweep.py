@@ -133,9 +133,10 @@ def run_sweep(
         fixed: Fields set in every trial (e.g. a small ``timesteps``).
         early_stop: Stop hopeless trials with ASHA.
     """
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+
+    from factoryfloor.policies.ray_start import start_ray
 
     configs = grid_configs(grid)
     fixed = {"progress_bar": False, "tensorboard": False, **(fixed or {})}
@@ -149,8 +150,7 @@ def run_sweep(
         }
         for config in configs for seed in seeds
     ]  # fmt: skip
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+    start_ray()
     bar = Progress(f"sweep of {task} ({algo})", len(trials), "trials")
     scheduler = None
     if early_stop:

@@ -209,12 +209,10 @@ def _check_run_folder(run_dir: Path, resume: bool) -> ckpt.Checkpoint | None:
 def _make_training_envs(cfg: TrainConfig) -> VecEnv:
     """The training envs: in-process, in subprocesses, or in Ray actors (``cfg.ray``)."""
     if cfg.ray:
-        import ray
-
+        from factoryfloor.policies.ray_start import start_ray
         from factoryfloor.policies.ray_vec_env import RayVecEnv
 
-        if not ray.is_initialized():
-            ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=False)
+        start_ray(cfg.ray_address)
         venv: VecEnv = RayVecEnv(cfg.task, cfg.n_envs, cfg.envs_per_actor, cfg.make_kwargs())
         venv.seed(cfg.seed)
         return venv
