@@ -52,8 +52,6 @@ and from ``terminations`` otherwise.
 
 from __future__ import annotations
 
-import os
-import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -73,13 +71,20 @@ from factoryfloor.policies.demos_checks import (  # noqa: F401  (re-exported: th
     DemosError,
     digest,
 )
+from factoryfloor.policies.demos_paths import (  # noqa: F401  (re-exported)
+    ID_EXAMPLE,
+    check_id,
+    dataset_folder,
+    datasets_root,
+    default_dataset_id,
+    resolve_dataset,
+)
 from factoryfloor.policies.progress import Progress
 from factoryfloor.policies.rollout import run_episode, with_action_noise
 
 STORAGE, JPEG_ENCODING = "parquet", False  # measured above: lossless and small
 NOISE_STREAM = 0xDA27  # second word of the recording noise's seed, beside the attempt's seed
 OBS_MODES = ("state", "camera")
-ID_EXAMPLE = "factoryfloor/reach-panda-state-v0"
 
 
 @dataclass(frozen=True)
@@ -102,34 +107,6 @@ class Demos:
     def total_transitions(self) -> int:
         """Env steps over all episodes."""
         return sum(len(ep["actions"]) for ep in self.episodes)
-
-
-def datasets_root(root: Path | str | None = None) -> Path:
-    """``root``, or Minari's datasets root (``MINARI_DATASETS_PATH``, ``~/.minari/datasets``)."""
-    if root is not None:
-        return Path(root)
-    env = os.environ.get("MINARI_DATASETS_PATH")
-    return Path(env) if env else Path.home() / ".minari" / "datasets"
-
-
-def default_dataset_id(env_id: str, robot: str = "panda", obs_mode: str = "state") -> str:
-    """``factoryfloor/<task>-<robot>-<obs_mode>-v0``: ``factoryfloor/pick-place-panda-state-v0``."""
-    name = re.sub(r"-v\d+$", "", env_id.split("/")[-1])
-    task = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", name).lower()
-    return f"factoryfloor/{task}-{robot}-{obs_mode}-v0"
-
-
-def dataset_folder(dataset_id: str, root: Path | str | None = None) -> Path:
-    """The ``data`` folder of the dataset ``dataset_id`` under ``root`` (``datasets_root``)."""
-    return datasets_root(root) / dataset_id / "data"
-
-
-def _check_id(dataset_id: str) -> None:
-    if DATASET_ID.fullmatch(dataset_id) is None or ".." in dataset_id.split("/"):
-        raise DemosError(
-            f"dataset id {dataset_id!r} is not a Minari id like {ID_EXAMPLE!r} "
-            f"([namespace/]name-vN: letters, digits, '_', '.', '-')"
-        )
 
 
 def record_demos(
@@ -191,7 +168,7 @@ def record_demos(
     if obs_mode not in OBS_MODES:
         raise DemosError(f"obs mode {obs_mode!r}: record with one of {', '.join(OBS_MODES)}")
     dataset_id = dataset_id or default_dataset_id(env_id, robot, obs_mode)
-    _check_id(dataset_id)
+    check_id(dataset_id)
     env_kwargs: dict[str, Any] = {"robot": robot, "obs_mode": obs_mode}
     if image_size is not None:
         env_kwargs["image_size"] = image_size
@@ -268,63 +245,6 @@ def _version() -> str:
         return version("factoryfloor")
     except PackageNotFoundError:
         return "unknown"
-
-
-def resolve_dataset(path_or_id: Path | str) -> Path:
-    """The ``data`` folder of a dataset given as a folder path or as an id under the root.
-
-    A folder may be the dataset's ``data`` folder or the one above it (``ROOT/<id>``).
-
-    Raises:
-        DemosError: When it is neither.
-    """
-    text = str(path_or_id)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        for folder in (path, path / "data"):
-            if (folder / METADATA).is_file():
-                return folder
-        if (path / "demos.json").is_file():
-            raise DemosError(
-                f"{path} holds demonstrations in the retired .npz format (demos.json); record "
-                f"them again as a Minari dataset: `factoryfloor demos record TASK --episodes N`"
-            )
-        found = _datasets_under(path)
-        if len(found) == 1:
-            return path / found[0] / "data"
-        if found:
-            raise DemosError(
-                f"{path} is a datasets root holding {len(found)} datasets; give one of them: "
-                f"{', '.join(found[:5])}{', ...' if len(found) > 5 else ''}"
-            )
-        raise DemosError(
-            f"{path} holds no Minari dataset (no {METADATA}, nor data/{METADATA}); record one "
-            f"with `factoryfloor demos record TASK --episodes N [--out ROOT]`"
-        )
-    if path.exists():
-        raise DemosError(f"{path} is a file: give a Minari dataset id or its folder")
-    if DATASET_ID.fullmatch(text) is None or ".." in text.split("/"):
-        raise DemosError(
-            f"{text!r} is neither a dataset folder nor a Minari dataset id like {ID_EXAMPLE!r}"
-        )
-    folder = dataset_folder(text)
-    if not (folder / METADATA).is_file():
-        raise DemosError(
-            f"no Minari dataset {text!r} under {datasets_root()} (MINARI_DATASETS_PATH); record "
-            f"it with `factoryfloor demos record TASK --episodes N`, or give its folder"
-        )
-    return folder
-
-
-def _datasets_under(root: Path, depth: int = 3) -> list[str]:
-    """Ids of the datasets under a Minari root (``<id>/data/metadata.json``; not hidden ones)."""
-    found = []
-    for pattern in ("/".join(["*"] * n) + f"/data/{METADATA}" for n in range(1, depth + 1)):
-        for meta in root.glob(pattern):
-            rel = meta.parent.parent.relative_to(root).as_posix()
-            if not any(part.startswith(".") for part in rel.split("/")):
-                found.append(rel)
-    return sorted(found)
 
 
 def load_demos(path_or_id: Path | str, env_id: str | None = None) -> Demos:
