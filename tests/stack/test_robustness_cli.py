@@ -10,7 +10,7 @@ import pytest
 
 from factoryfloor.cli import main
 from factoryfloor.stack.robustness import axes as axes_module
-from factoryfloor.stack.robustness.axes import AXES, read_round_trip
+from factoryfloor.stack.robustness.axes import AXES, measured_latency_axis, read_round_trip
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "factoryfloor/policies/pretrained"
 STATE = PRETRAINED / "pick_place_panda.ffpolicy"
@@ -72,6 +72,11 @@ def test_the_measured_latency_axis_comes_from_the_runtimes_metrics(tmp_path):
     measured = report["axes"][-1]
     assert measured["name"] == "measured_latency_ms"
     assert [lv["level"] for lv in measured["levels"]] == [0.6, 2.4, 42.4]  # + one 40 ms period
+    axis = measured_latency_axis(0.9586, 2.6168, 0.04)  # levels rounded to 1 µs: 2.617 > p99
+    links = [axis.cell(level, 0.04).link for level in axis.levels]
+    assert [(round(x.latency_s, 7), x.jitter_s) for x in links] == [
+        (0.000959, 0.0), (0.002617, 0.0), (0.0026168, 0.04),
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -188,8 +188,9 @@ def measured_latency_axis(p50_ms: float, p99_ms: float, period_s: float) -> Axis
     jitter_ms = period_s * 1e3
 
     def cell(level_ms: float, period: float) -> Cell:
-        jitter = jitter_ms / 1e3 if level_ms > p99_ms else 0.0
-        return Cell(link=LinkModel(min(level_ms, p99_ms) / 1e3, jitter))
+        if level_ms > p99_ms + jitter_ms / 2:  # the third level (levels are rounded to 1 µs)
+            return Cell(link=LinkModel(p99_ms / 1e3, jitter_ms / 1e3))
+        return Cell(link=LinkModel(level_ms / 1e3))
 
     return Axis(
         MEASURED_LATENCY, "ms",
